@@ -1,0 +1,28 @@
+# kdcore: `make test` (what CI runs), `make report PROFILE=smoke|cpu|gpu`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test report bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, timm, papermill, nbconvert, sklearn" && touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+report: $(STAMP)
+	$(PY) -m kdcore report $(if $(PROFILE),--profile $(PROFILE),)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache results/smoke

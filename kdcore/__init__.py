@@ -1,0 +1,20 @@
+"""kdcore: knowledge distillation (teacher -> student image classifiers) as small, tested parts.
+
+    data      load_dataset(...) -> DataBundle; DeviceLoader (batches + augmentation on the device)
+    models    create_model(name, num_classes, in_channels, pretrained); FeatureHooks
+    losses    kd_loss, dkd_loss, at_loss, sp_loss, hidden-state cosine, FitNet regressor
+    distill   Distiller, make_distiller(method, student, teacher)
+    train     fit(model_or_distiller, data, TrainConfig) -> FitResult
+    evaluate  metrics, confusion matrix, parameters / MB / FLOPs / latency
+"""
+from .data import DataBundle, DeviceLoader, load_dataset
+from .distill import Distiller, make_distiller
+from .errors import (CheckpointError, ConfigError, DataNotFoundError, KDError, NonFiniteLossError,
+                     PretrainedUnavailableError)
+from .models import FeatureHooks, create_model, list_models
+from .train import FitResult, TrainConfig, fit, seed_everything
+
+__version__ = "0.1.0"
+__all__ = ["DataBundle", "DeviceLoader", "load_dataset", "Distiller", "make_distiller", "CheckpointError", "ConfigError",
+           "DataNotFoundError", "KDError", "NonFiniteLossError", "PretrainedUnavailableError", "FeatureHooks",
+           "create_model", "list_models", "FitResult", "TrainConfig", "fit", "seed_everything"]

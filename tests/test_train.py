@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from kdcore import create_model, fit, load_dataset, make_distiller
+from kdcore.errors import ConfigError
+from kdcore.evaluate import classification_metrics, efficiency, evaluate
+from kdcore.train import TrainConfig, metrics_from_confusion
+
+FAST = dict(epochs=3, batch_size=64, lr=0.05, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", synthetic=dict(train_size=1200, val_size=300, test_size=300))
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", num_classes=10)
+    result = fit(model, data, **FAST)
+    assert result.best_val_acc > 0.6, result.history
+    return model
+
+
+def test_plain_training_learns_far_above_chance(data, tmp_path):
+    torch.manual_seed(0)
+    student = create_model("cnn_small", num_classes=10)
+    result = fit(student, data, out_dir=tmp_path, **FAST)
+    h = result.history
+    assert list(h.epoch) == [1, 2, 3] and {"loss_ce", "val_acc", "val_f1", "lr", "seconds"} <= set(h.columns)
+    assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
+    assert result.best_val_acc == h.val_acc.max() and result.best_epoch == int(h.val_acc.idxmax()) + 1
+    assert evaluate(student, data, "test", device="cpu")["accuracy"] > 0.5  # chance is 0.1
+    assert {p.name for p in tmp_path.iterdir()} >= {"best.pt", "last.pt", "history.csv"}
+
+
+def test_distillation_learns_and_leaves_teacher_untouched(data, teacher):
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    torch.manual_seed(1)
+    student = create_model("cnn_small", num_classes=10)
+    distiller = make_distiller("kd", student, teacher, alpha=0.7, temperature=4.0)
+    result = fit(distiller, data, **FAST)
+    assert {"loss_ce", "loss_kd"} <= set(result.history.columns)
+    assert result.best_val_acc > 0.5
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BN stats too
+    assert not teacher.training
+
+
+@pytest.mark.parametrize("method", ["dkd", "hidden", "fitnet", "at", "sp", "kd+at", "kd+hidden+sp"])
+def test_every_method_trains_with_finite_terms(data, teacher, method):
+    torch.manual_seed(2)
+    student = create_model("student_light", num_classes=10)
+    distiller = make_distiller(method, student, teacher, dkd_warmup=1)
+    result = fit(distiller, data, epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=6)
+    terms = [c for c in result.history.columns if c.startswith("loss_")]
+    assert len(terms) == 1 + len(method.split("+"))
+    assert np.isfinite(result.history[terms].to_numpy()).all()
+
+
+def test_fitnet_regressor_parameters_are_trained(data, teacher):
+    student = create_model("cnn_small", num_classes=10)
+    distiller = make_distiller("fitnet", student, teacher)
+    distiller.prepare(torch.zeros(2, 3, 32, 32))
+    reg = [p.detach().clone() for p in distiller.terms.parameters()]
+    assert reg, "FitNet should own learnable regressor parameters"
+    fit(distiller, data, epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=3)
+    assert any(not torch.equal(a, b) for a, b in zip(reg, distiller.terms.parameters()))
+
+
+def test_shifted_pairing_maps_teacher_block_n_to_student_block_n_minus_1(teacher):
+    student = create_model("cnn_small", num_classes=10)
+    distiller = make_distiller("at", student, teacher, pairing="shifted")
+    (term,) = [t for t in distiller.terms if t.name == "at"]
+    sb, tb = student.kd_spec.feature_blocks, teacher.kd_spec.feature_blocks
+    assert term.pairs == [(sb[i], tb[i + 1]) for i in range(min(len(sb), len(tb) - 1))]
+
+
+def test_early_stopping_stops(data):
+    student = create_model("student_light", num_classes=10)
+    result = fit(student, data, epochs=6, batch_size=64, device="cpu", lr=1e-9, early_stopping=1, max_steps_per_epoch=2)
+    assert len(result.history) < 6
+
+
+@pytest.mark.parametrize("schedule,optimizer", [("onecycle", "sgd"), ("step", "adamw"), ("plateau", "sgd")])
+def test_schedules_and_optimizers_run(data, schedule, optimizer):
+    student = create_model("student_light", num_classes=10)
+    lr = 1e-3 if optimizer == "adamw" else 0.05
+    result = fit(student, data, epochs=2, batch_size=64, device="cpu", lr=lr, schedule=schedule,
+                 optimizer=optimizer, max_steps_per_epoch=3)
+    assert len(result.history) == 2
+
+
+def test_bad_arguments_name_the_fix():
+    student = create_model("student_light", num_classes=10)
+    with pytest.raises(ConfigError, match="alpha"):
+        make_distiller("kd", student, student, alpha=1.5)
+    with pytest.raises(ConfigError, match="temperature"):
+        make_distiller("kd", student, student, temperature=0)
+    with pytest.raises(ConfigError, match="Valid method names"):
+        make_distiller("crd", student, student)
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        make_distiller("kd", student, None)
+    with pytest.raises(ConfigError, match="Valid schedule names"):
+        TrainConfig(schedule="linear").validate()
+
+
+def test_class_count_mismatch_is_a_clear_error(data):
+    student = create_model("student_light", num_classes=10)
+    teacher = create_model("student_light", num_classes=5)
+    with pytest.raises(ConfigError, match="Teacher predicts 5 classes but the student predicts 10"):
+        fit(make_distiller("kd", student, teacher), data, epochs=1, device="cpu")
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    p[:50] = y[:50]
+    ref = classification_metrics(y, p, ["a", "b", "c", "d"])
+    ours = metrics_from_confusion(torch.from_numpy(ref["confusion"]))
+    assert ours["acc"] == pytest.approx(ref["accuracy"])
+    assert ours["f1"] == pytest.approx(ref["f1_macro"])
+    assert ours["precision"] == pytest.approx(ref["precision_macro"])
+    assert ref["per_class"].shape == (4, 5)
+
+
+def test_efficiency_reports_params_size_flops_latency():
+    model = create_model("cnn_small", num_classes=10)
+    stats = efficiency(model, (3, 32, 32), min_run_time=0.05)
+    n = sum(p.numel() for p in model.parameters())
+    assert stats["params"] == n and stats["size_mb"] >= n * 4 / 1e6
+    conv1 = model.stage1[0] if hasattr(model, "stage1") else None
+    assert stats["gflops"] > 0 and stats["cpu_latency_ms"] > 0 and stats["cpu_threads"] >= 1
+    if isinstance(conv1, torch.nn.Conv2d):  # the first conv alone: 2·k²·Cin·Cout·H·W
+        k, cin, cout = conv1.kernel_size[0], conv1.in_channels, conv1.out_channels
+        assert stats["gflops"] * 1e9 >= 2 * k * k * cin * cout * 32 * 32 / conv1.stride[0] ** 2
