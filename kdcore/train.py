@@ -257,7 +257,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         if ckpt.get("config_key") != cfg.key():
             raise CheckpointError(f"{last_path} was written by a different configuration (key {ckpt.get('config_key')} "
                                   f"vs {cfg.key()}); use another out_dir, pass resume=False, or delete it.")
-        distiller.load_state_dict(ckpt["model"])
+        student.load_state_dict(ckpt["student"])
+        distiller.terms.load_state_dict(ckpt["terms"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], device)
@@ -330,7 +331,7 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
             if out:
                 if improved:
                     atomic_save({"model": student.state_dict(), "epoch": epoch, "val_acc": best_acc}, out / "best.pt")
-                atomic_save({"model": distiller.state_dict(), "optimizer": optimizer.state_dict(),
+                atomic_save({"student": student.state_dict(), "terms": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(device),
                              "history": rows, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
                              "config_key": cfg.key(), "config": dataclasses.asdict(cfg)}, last_path)
