@@ -193,6 +193,8 @@ def load_checkpoint(path: Path) -> dict:
 def _all_reduce_gradients(params: list[nn.Parameter], world: int) -> None:
     """Average gradients over ranks in one flat all-reduce (same effect as DDP, hooks stay intact)."""
     grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
@@ -250,6 +252,7 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         student.compile()  # in place: state_dict keys stay the same
 
     rows: list[dict] = []
+    best_state = None
     start_epoch, best_acc, best_epoch, resumed_from, stale = 0, -1.0, -1, None, 0
     last_path = out / "last.pt" if out else None
     if out and resume and last_path.exists():
@@ -338,9 +341,11 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                 _atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
         if best_epoch == epoch + 1:
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    if world > 1:  # rank 0 may still be writing this run's best.pt: others must not load the previous one
+        dist.barrier()
     if out and (out / "best.pt").exists():
         student.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    elif best_epoch > 0 and "best_state" in locals():
+    elif best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
     return FitResult(pd.DataFrame(rows), best_epoch, best_acc, str(device), time.perf_counter() - t_start, out, resumed_from)
