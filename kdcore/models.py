@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
-import torchvision
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, PretrainedUnavailableError, unknown_name
@@ -279,6 +278,8 @@ def _first_conv_to(model: nn.Module, in_channels: int, average_rgb: bool) -> Non
 
 def _torchvision(arch: str, num_classes: int, in_channels: int, pretrained: bool = False, **kwargs) -> nn.Module:
     """A torchvision classifier; pretrained loads its default ImageNet weights and puts a new head on."""
+    import torchvision  # imported here: it costs seconds at `import kdcore`, and students never need it
+
     model = torchvision.models.get_model(arch, weights=None, num_classes=1000 if pretrained else num_classes, **kwargs)
     if pretrained:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
