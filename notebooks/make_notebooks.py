@@ -157,7 +157,7 @@ with and without logit KD, $\mathcal{L} = (1-\alpha)\mathcal{L}_{CE} + \alpha T^
         ("code", EVAL.format(run="kd")),
         ("md", "## The five EuroSAT students side by side (same teacher and settings)"),
         ("code", "labels = [ctx.run(ctx.students_method, f\"{s} ({ctx.students_method})\", student=s, alpha=ctx.alpha, temperature=ctx.temperature).label\n"
-                 "          for s in students]\n"
+                 "          for s in ctx.students]\n"
                  "table = ctx.summary().set_index(\"method\").loc[labels]\nplots.bars(table.reset_index().assign(acc=[r.runs.test_acc.mean() for r in map(ctx.results.get, labels)]),\n"
                  "           \"method\", [\"acc\", \"params\"])\ntable"),
         ("md", "## Grad-CAM: teacher vs student, and best vs worst student (same test images)"),
