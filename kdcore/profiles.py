@@ -18,12 +18,9 @@ from .errors import unknown_name
 
 NOTEBOOKS = ("01_baseline", "02_logits", "03_hidden_state", "04_regressor", "05_bonus", "06_efficientvit", "07_eurosat")
 
-# Measured on the shared 2-core CPU box (torch 2.x, fp32, batch 128, 32x32, images/s while training, the
-# per-epoch validation pass included; the box had other load): tiny_resnet(width 32) 306, tiny_resnet(width 16)
-# 815, student_light 2758 (with a width-32 teacher: kd 721, at 749, fitnet 603), cnn_small 1236, simplenet 1074,
-# smallmynet 485 (kd 312), efficientvit_b1 96 and efficientvit_b3 19 (batch 64). At 64x64 (EuroSAT) and load ~3.5:
-# smallmynet 25 img/s (kd 28), student_depthwise_skip kd 9, student_resnet kd 32, tiny_resnet(16) 48 -- too slow for
-# the five-student comparison at 64 px on CPU, hence 32 px there in the cpu profile.
+# Training throughput on a quiet 2-core CPU (fp32, channels_last, batch 128, images/s): 32 px: tiny_resnet(32) 437,
+# student_light 3485; 64 px: tiny_resnet(16) ~190, smallmynet 123, simplenet 273, student_resnet 184,
+# student_separable 110, student_depthwise_skip 45, student_light 817. Under load from other jobs these fall 3-10x.
 # `threads`: torch CPU threads (None = torch's default). On a CPU shared with other jobs 1 thread was 4x faster than
 # 2 (tiny_resnet forward+backward, batch 64: 85 ms vs 348 ms at load 4.5), so smoke uses 1.
 SCALING = {
@@ -31,7 +28,7 @@ SCALING = {
     "cpu": ("scaled to ~25 min on a quiet 2-core CPU (up to ~2x longer when the CPU is shared; try --param threads=1 "
             "then): CIFAR-10 6,000 train / 2,000 val / full 10,000 test, tiny_resnet teacher (width 32) 6 epochs trained "
             "once and reused, student_light students 4 epochs (05: 3), 2 seeds; efficientvit at 32 px on 600 CIFAR "
-            "images for 2 epochs; EuroSAT at 32 px (not 64) with 2,000 train / 1,000 val / full 2,700 test, 3 epochs."),
+            "images for 2 epochs; EuroSAT at its native 64 px with 1,200 train / 600 val / full 2,700 test, 3 epochs."),
     "gpu": "seed-project scale: full data, resnet18_cifar teacher 40 epochs, students 30 epochs, 3 seeds.",
 }
 
@@ -91,7 +88,7 @@ _OVERRIDES = {
         "05_bonus": dict(methods=["kd+at", "at:shifted", "dkd", "sp"], epochs=3),
         "06_efficientvit": dict(train_limit=600, val_limit=300, test_limit=600, teacher_epochs=2, epochs=2,
                                 batch_size=64, teacher_kwargs={}, seeds=[0, 1]),
-        "07_eurosat": dict(data_root="../shared/data", image_size=32, train_limit=2000, val_limit=1000, test_limit=None,
+        "07_eurosat": dict(data_root="../shared/data", image_size=64, train_limit=1200, val_limit=600, test_limit=None,
                            teacher="tiny_resnet", teacher_kwargs=dict(width=16), teacher_epochs=6, epochs=3),
     },
     "gpu": {

@@ -1,0 +1,341 @@
+"""Seed-style KD loop vs kdcore's fit() on the same teacher, student, data and epochs, in one process.
+
+(a) reference: torchvision Dataset over PIL images, RandomCrop(32, padding=4) + RandomHorizontalFlip +
+    ToTensor + Normalize, DataLoader(batch_size=64, shuffle, num_workers=2 on CPU), fp32, a teacher
+    forward every step, kd_loss, SGD.
+(b) kdcore: fit(make_distiller("kd", ...), teacher_cache=True): uint8 tensors on the device, batched
+    crop+flip, larger batch, the exact per-view teacher-logit cache (bf16 + channels_last on CUDA).
+Both loops use the same teacher weights (trained briefly here by kdcore first), the same student
+initialisation, lr schedule (cosine), optimiser and loss; the paths run back to back in one process
+so machine load affects both. Writes results/bench/<device>.json atomically. Timings are reported,
+never asserted.
+
+    .venv/bin/python benchmarks/bench.py [--epochs 3] [--train-limit 5000] [--device auto] [--out results/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdcore import create_model, fit, load_dataset, make_distiller  # noqa: E402
+from kdcore.cache import TeacherLogitCache  # noqa: E402
+from kdcore.data import DeviceLoader  # noqa: E402
+from kdcore.losses import kd_loss  # noqa: E402
+from kdcore.train import confusion, metrics_from_confusion, resolve_device  # noqa: E402
+
+def cpu_seconds() -> float:
+    """User+system CPU of this process and its reaped children (DataLoader workers): robust to other load."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+ALPHA, T, LR, MOMENTUM, WD = 0.9, 4.0, 0.05, 0.9, 5e-4
+
+
+# --------------------------------------------------------------------------- (a) seed-style loop
+class PILDataset(Dataset):
+    """What the seed notebooks do: one PIL image per sample, transformed on every access."""
+
+    def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, transform):
+        self.images = images_uint8.permute(0, 2, 3, 1).contiguous().numpy()  # NHWC for PIL
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def reference_loaders(data, device, workers, batch_size=64):
+    from torchvision import transforms
+    norm = transforms.Normalize(data.mean, data.std)
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), norm])
+    test_tf = transforms.Compose([transforms.ToTensor(), norm])
+    train = DataLoader(PILDataset(data.train.images, data.train.labels, train_tf), batch_size=batch_size,
+                       shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    val = DataLoader(PILDataset(data.val.images, data.val.labels, test_tf), batch_size=256, num_workers=workers)
+    return train, val
+
+
+def reference_step(teacher, student, opt, x, y, device):
+    x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        t_logits = teacher(x)
+    s_logits = student(x)
+    loss = (1 - ALPHA) * nn.functional.cross_entropy(s_logits, y) + ALPHA * kd_loss(s_logits, t_logits, T)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def reference_loop(teacher, student, data, epochs, device, workers, batch_size=64, log=print):
+    train, val = reference_loaders(data, device, workers, batch_size)
+    teacher.to(device).eval()
+    student.to(device)
+    opt = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(train))
+    epoch_s, best, best_state, seen = [], -1.0, None, 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        student.train()
+        for x, y in train:
+            loss = reference_step(teacher, student, opt, x, y, device)
+            sched.step()
+            seen += len(y)
+        student.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in val:
+                correct += (student(x.to(device)).argmax(1).cpu() == y).sum().item()
+                total += len(y)
+        epoch_s.append(time.perf_counter() - t0)
+        acc = correct / total
+        log(f"  reference epoch {epoch + 1}/{epochs}: loss={loss.item():.4f} val_acc={acc:.4f} {epoch_s[-1]:.1f}s")
+        if acc > best:
+            best, best_state = acc, copy.deepcopy(student.state_dict())
+    student.load_state_dict(best_state)  # best validation epoch, as fit() does
+    return epoch_s, len(data.train) * epochs / sum(epoch_s)
+
+
+# --------------------------------------------------------------------------- step-time comparison
+def step_times(teacher, student, data, device, batch_size, steps, warmup, channels_last=True, workers=2):
+    """Median seconds of one seed-style step (its DataLoader wait included) and of one student-only /
+    online-KD / cached-KD step of kdcore's path, interleaved step by step so load hits all alike."""
+    cuda = device.type == "cuda"
+    loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True,
+                          drop_last=True, channels_last=cuda)
+    batches, epoch = [], 0
+    while len(batches) < steps + warmup:  # several epochs of the loader if the split is small
+        loader.set_epoch(epoch)
+        batches += list(loader)[: steps + warmup - len(batches)]
+        epoch += 1
+    modes = {}
+    for mode in ("student-only", "online-KD", "cached-KD"):
+        s = copy.deepcopy(student).to(device)
+        t = copy.deepcopy(teacher).to(device)
+        if channels_last:
+            s.to(memory_format=torch.channels_last)
+            t.to(memory_format=torch.channels_last)
+        if cuda:
+            t.to(torch.bfloat16)
+        d = make_distiller("baseline" if mode == "student-only" else "kd", s, None if mode == "student-only" else t,
+                           alpha=ALPHA, temperature=T)
+        opt = torch.optim.SGD(s.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
+        cache = None
+        if mode == "cached-KD":  # steady state: every view of these batches already in the table
+            cache = TeacherLogitCache.for_loader(t, loader, data.num_classes)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                for b in batches:
+                    cache.fetch(b.index, b.view, b.images)
+        modes[mode] = (d.train(), opt, cache)
+    ref_t, ref_s = copy.deepcopy(teacher).to(device).eval(), copy.deepcopy(student).to(device).train()
+    ref_opt = torch.optim.SGD(ref_s.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
+    ref_train, _ = reference_loaders(data, device, workers)
+    ref_it = iter(ref_train)
+    times = {"seed-style": [], **{m: [] for m in modes}}
+    for k, b in enumerate(batches):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        try:  # workers prefetch while the other modes run, which flatters the seed-style data path
+            x, y = next(ref_it)
+        except StopIteration:
+            ref_it = iter(ref_train)
+            x, y = next(ref_it)
+        reference_step(ref_t, ref_s, ref_opt, x, y, device)
+        if cuda:
+            torch.cuda.synchronize()
+        if k >= warmup:
+            times["seed-style"].append(time.perf_counter() - t0)
+        for mode, (d, opt, cache) in modes.items():  # interleaved: load noise hits all three alike
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                tl = cache.fetch(b.index, b.view, b.images) if cache is not None else None
+                _, losses = d.forward_train(b.images, b.labels, 0, teacher_logits=tl)
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            opt.step()
+            if cuda:
+                torch.cuda.synchronize()
+            if k >= warmup:
+                times[mode].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+# --------------------------------------------------------------------------- main
+def test_accuracy(model, data, device):
+    loader = DeviceLoader(data.test, data, 512, device=device)
+    return metrics_from_confusion(confusion(model, loader, data.num_classes)[0])["acc"]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--train-limit", type=int, default=5000)
+    p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="kdcore's batch: 64 on CPU (lowest measured cost per image on 2 cores: activations stay "
+                        "in cache; 256 costs ~2x more per image), 256 on CUDA")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="CPU: keep NCHW weights (default: channels_last weights, ~20-30%% faster convs here)")
+    p.add_argument("--student", default="student_light")
+    p.add_argument("--no-scale-lr", dest="scale_lr", action="store_false",
+                   help="keep lr=0.05 at kdcore's batch size instead of scaling it by batch/64")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student in kdcore's path (CUDA)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per mode in the step-time comparison")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    a = p.parse_args(argv)
+    device = resolve_device(a.device)
+    a.batch_size = a.batch_size or (256 if device.type == "cuda" else 64)
+    cl = a.channels_last  # fit() does channels_last itself on CUDA; on CPU the weights' format carries it
+    torch.manual_seed(0)
+    data_root = Path(os.environ.get("KDCORE_DATA", ROOT.parent / "shared" / "data"))
+    limits = dict(train_limit=a.train_limit, val_limit=max(a.train_limit // 10, 100), test_limit=a.test_limit)
+    try:
+        data = load_dataset("cifar10", data_root, download=False, **limits)
+        source = f"CIFAR-10 ({data.source})"
+    except FileNotFoundError:
+        data = load_dataset("synthetic", synthetic=dict(train_size=a.train_limit, val_size=limits["val_limit"],
+                                                         test_size=a.test_limit))
+        source = "synthetic gratings (CIFAR-10 not found under the data root)"
+    workers = 2 if device.type == "cpu" else 4
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} data: {data.describe()}", flush=True)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    teacher = create_model("tiny_resnet", num_classes=data.num_classes)
+    fit(teacher, data, epochs=a.teacher_epochs, batch_size=128, lr=0.1, device=str(device))
+    teacher_s = time.perf_counter() - t0
+    teacher_acc = test_accuracy(teacher, data, device)
+    print(f"teacher tiny_resnet: {a.teacher_epochs} epochs in {teacher_s:.0f}s, test acc {teacher_acc:.4f}", flush=True)
+    torch.manual_seed(1)
+    student0 = create_model(a.student, num_classes=data.num_classes)
+
+    print("(a) seed-style loop", flush=True)
+    ref_student = copy.deepcopy(student0)
+    c0 = cpu_seconds()
+    ref_epoch_s, ref_ips = reference_loop(copy.deepcopy(teacher), ref_student, data, a.epochs, device, workers)
+    ref_cpu = (cpu_seconds() - c0) / a.epochs
+    ref_acc = test_accuracy(ref_student, data, device)
+
+    print(f"(b) kdcore fit(teacher_cache=True, batch_size={a.batch_size})", flush=True)
+    kd_student = copy.deepcopy(student0)
+    kd_lr = LR * a.batch_size / 64 if a.scale_lr else LR  # linear scaling rule (Goyal et al. 2017)
+    kd_teacher = copy.deepcopy(teacher)
+    if cl:  # channels_last weights make oneDNN run the convs in NHWC, even on NCHW input
+        kd_student.to(memory_format=torch.channels_last)
+        kd_teacher.to(memory_format=torch.channels_last)
+    distiller = make_distiller("kd", kd_student, kd_teacher, alpha=ALPHA, temperature=T)
+    seen = [0]  # images through the teacher inside fit (cache misses + prepare()'s 8-image probe)
+    kd_teacher.register_forward_hook(lambda m, i, o: seen.__setitem__(0, seen[0] + len(i[0])))
+    compile_s = None
+    if a.compile:  # compile once on a throw-away fit step so the timed epochs exclude it
+        t1 = time.perf_counter()
+        warm = make_distiller("kd", copy.deepcopy(student0), copy.deepcopy(teacher), alpha=ALPHA, temperature=T)
+        fit(warm, data, epochs=1, batch_size=a.batch_size, device=str(device), compile=True, max_steps_per_epoch=3)
+        compile_s = time.perf_counter() - t1
+    c0 = cpu_seconds()
+    res = fit(distiller, data, epochs=a.epochs, batch_size=a.batch_size, lr=kd_lr,
+              momentum=MOMENTUM, weight_decay=WD, schedule="cosine", device=str(device), teacher_cache=True,
+              compile=a.compile)
+    kd_cpu = (cpu_seconds() - c0) / a.epochs
+    kd_epoch_s = res.history.seconds.tolist()
+    trained = len(data.train) // a.batch_size * a.batch_size * a.epochs  # drop_last
+    cache_pairs = seen[0] - min(8, len(data.train))  # minus prepare()'s probe
+    hit_rate = 1 - cache_pairs / trained
+    kd_ips = len(data.train) * a.epochs / sum(kd_epoch_s)
+    kd_acc = test_accuracy(kd_student, data, device)
+
+    print(f"step times (batch {a.batch_size}, median of {a.steps} after warm-up)", flush=True)
+    steps = step_times(teacher, student0, data, device, a.batch_size, a.steps, warmup=3, channels_last=cl,
+                       workers=workers)
+    per_img = {m: v / (64 if m == "seed-style" else a.batch_size) for m, v in steps.items()}
+
+    speed = kd_ips / ref_ips
+    best_speed = min(ref_epoch_s) / min(kd_epoch_s)  # least-loaded epoch of each: less skewed by other users
+    noisy = max(ref_epoch_s + kd_epoch_s) > 2 * min(ref_epoch_s + kd_epoch_s) * max(1, best_speed)
+    rows = [("seed-style (PIL+DataLoader, b=64)", ref_ips, ref_epoch_s, ref_acc),
+            (f"kdcore fit (cache, b={a.batch_size})", kd_ips, kd_epoch_s, kd_acc)]
+    print(f"\n{'path':<36} {'images/s':>9} {'epoch s (mean)':>15} {'test acc':>9}")
+    for name, ips, es, acc in rows:
+        print(f"{name:<36} {ips:>9.0f} {np.mean(es):>15.2f} {acc:>9.4f}")
+    print(f"CPU seconds per epoch (process + DataLoader workers, less sensitive to other load): "
+          f"seed-style {ref_cpu:.1f}, kdcore {kd_cpu:.1f} -> {ref_cpu / kd_cpu:.2f}x")
+    print(f"speed ratio kdcore / seed-style: {speed:.2f}x mean, {best_speed:.2f}x best epoch vs best epoch  "
+          f"(target >= 3x at equal or better accuracy, judged on the best-epoch ratio: "
+          f"{'met' if best_speed >= 3 and kd_acc >= ref_acc else 'NOT met'})")
+    if noisy:
+        print("WARNING: epoch times varied > 2x within a path: the machine was loaded; trust the best-epoch and "
+              "interleaved step ratios over the mean")
+    print(f"teacher-cache hit rate over the {a.epochs} epochs: {hit_rate:.1%} "
+          f"(162 views per image: hits grow by ~1/162 per epoch; the cached-KD step time is the steady state)")
+    print(f"interleaved per-image step cost, seed-style / kdcore: online-KD {per_img['seed-style'] / per_img['online-KD']:.2f}x, "
+          f"cached-KD (steady state) {per_img['seed-style'] / per_img['cached-KD']:.2f}x")
+    print("step time: " + "  ".join(f"{m} {1e3 * s:.1f} ms" for m, s in steps.items())
+          + f"  (online/cached {steps['online-KD'] / steps['cached-KD']:.2f}x)")
+
+    result = {
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "data_source": source,
+        "workload": {"dataset": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
+                     "epochs": a.epochs, "teacher": "tiny_resnet", "teacher_epochs": a.teacher_epochs,
+                     "teacher_test_acc": teacher_acc, "teacher_train_s": teacher_s, "student": a.student,
+                     "method": f"kd alpha={ALPHA} T={T}", "augment": "crop pad 4 + flip"},
+        "reference": {"batch_size": 64, "lr": LR, "num_workers": workers, "images_per_s": ref_ips, "epoch_s": ref_epoch_s,
+                      "test_acc": ref_acc, "cpu_s_per_epoch": ref_cpu},
+        "kdcore": {"batch_size": a.batch_size, "lr": kd_lr, "teacher_cache": True, "images_per_s": kd_ips, "epoch_s": kd_epoch_s,
+                   "test_acc": kd_acc, "compile": a.compile, "compile_s": compile_s,
+                   "amp_bf16": device.type == "cuda", "channels_last": cl,
+                   "cache_teacher_pairs": cache_pairs, "cache_hit_rate": hit_rate, "cpu_s_per_epoch": kd_cpu},
+        "ratios": {"images_per_s": speed, "best_epoch": best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,
+                   "cpu_time": ref_cpu / kd_cpu,
+                   "interleaved_step_seed_over_online": per_img["seed-style"] / per_img["online-KD"],
+                   "interleaved_step_seed_over_cached": per_img["seed-style"] / per_img["cached-KD"], "online_over_cached_step": steps["online-KD"] / steps["cached-KD"],
+                   "online_over_student_step": steps["online-KD"] / steps["student-only"]},
+        "step_time_s": {"batch_size": a.batch_size, "steps": a.steps, **steps},
+        "target_3x_met": bool(best_speed >= 3 and kd_acc >= ref_acc),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(a.out) / f"{device_name(device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
