@@ -142,6 +142,19 @@ def atomic_save(obj, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write text to a temp file then rename it into place (same guarantee as atomic_save)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _cached(key: str, build):
     """Return build() cached on disk under `key` (decoding JPEGs once, not every run)."""
     path = cache_dir() / f"{key}.pt"

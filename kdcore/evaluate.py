@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle, DeviceLoader
+from .models import count_parameters
 from .train import resolve_device
 
 
@@ -47,10 +48,6 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", device: st
     out = classification_metrics(labels, logits.argmax(1), data.classes)
     out["logits"], out["labels"] = logits, labels
     return out
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def size_mb(model: nn.Module) -> float:
@@ -109,8 +106,9 @@ def gpu_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int 
 
 def efficiency(model: nn.Module, input_shape: tuple[int, ...], cpu_threads: int | None = None,
                min_run_time: float = 1.0) -> dict:
-    """Parameters, MB, GFLOPs and latency of `model` for inputs of `input_shape` (C, H, W)."""
-    stats = {"params": count_parameters(model), "size_mb": size_mb(model), "gflops": flops(model, input_shape)}
+    """Parameters (all, and trainable: a frozen teacher has none), MB, GFLOPs and latency for inputs (C, H, W)."""
+    stats = {"params": count_parameters(model, trainable_only=False), "trainable_params": count_parameters(model),
+             "size_mb": size_mb(model), "gflops": flops(model, input_shape)}
     stats.update(cpu_latency_ms(model, input_shape, threads=cpu_threads, min_run_time=min_run_time))
     if torch.cuda.is_available():
         stats.update(gpu_latency(model, input_shape))

@@ -31,11 +31,11 @@ import torch.nn as nn
 
 from . import profiles as _profiles
 from . import stats
-from .data import DataBundle, atomic_save, load_dataset
+from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
 from .distill import make_distiller
 from .errors import PretrainedUnavailableError
-from .evaluate import classification_metrics, count_parameters, cpu_latency_ms, evaluate, size_mb
-from .models import create_model
+from .evaluate import classification_metrics, cpu_latency_ms, evaluate, size_mb
+from .models import count_parameters, create_model
 from .train import TrainConfig, fit, resolve_device, seed_everything
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,18 +61,6 @@ def _jsonable(obj):
     if isinstance(obj, pd.DataFrame):
         return _jsonable(obj.to_dict(orient="records"))
     return obj
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _hash(obj) -> str:
@@ -107,7 +95,7 @@ def train_overrides(**kw) -> dict:
 
 def efficiency(model: nn.Module, input_shape, min_run_time: float | None = 0.2) -> dict:
     """params, size MB and CPU latency (batch 1, ms); latency is None when min_run_time is falsy."""
-    out = {"params": count_parameters(model), "size_mb": size_mb(model), "latency_ms": None}
+    out = {"params": count_parameters(model, trainable_only=False), "size_mb": size_mb(model), "latency_ms": None}
     if min_run_time:
         out["latency_ms"] = cpu_latency_ms(model, input_shape, min_run_time=min_run_time)["cpu_latency_ms"]
     return out
@@ -255,7 +243,7 @@ def run_seeds(method: str, data: DataBundle, *, student: str = "student_light", 
             if cache is not None:
                 atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "row": row,
                              "history": history.to_dict("records")}, cache)
-        row = {**row, "method": label}
+        row = {**row, "method": label, "student": student}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")
         rows.append(row)
@@ -274,6 +262,11 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
         summary = stats.gain_vs_baseline(summary, baseline, "test_acc")
         f1 = stats.gain_vs_baseline(summary, baseline, "test_f1")
         summary["delta_f1"] = f1["delta"]
+        if "student" in runs:  # a gain is only a KD gain against the same architecture trained alone
+            student_of = runs.groupby("method", sort=False)["student"].first()
+            other = summary["method"].map(student_of) != student_of.get(baseline)
+            summary.loc[other, ["delta", "delta_f1"]] = float("nan")
+            summary.loc[other, "clear_gain"] = False
     else:
         summary["delta"], summary["clear_gain"], summary["delta_f1"] = float("nan"), False, float("nan")
     return summary.rename(columns={"delta": "delta_acc"})

@@ -25,10 +25,10 @@ NOTEBOOKS = ("01_baseline", "02_logits", "03_hidden_state", "04_regressor", "05_
 # 2 (tiny_resnet forward+backward, batch 64: 85 ms vs 348 ms at load 4.5), so smoke uses 1.
 SCALING = {
     "smoke": "synthetic gratings (400 train / 100 val / 100 test), tiny models, 1-2 epochs: checks the plumbing only.",
-    "cpu": ("scaled to ~25 min on a quiet 2-core CPU (up to ~2x longer when the CPU is shared; try --param threads=1 "
-            "then): CIFAR-10 6,000 train / 2,000 val / full 10,000 test, tiny_resnet teacher (width 32) 6 epochs trained "
-            "once and reused, student_light students 4 epochs (05: 3), 2 seeds; efficientvit at 32 px on 600 CIFAR "
-            "images for 2 epochs; EuroSAT at its native 64 px with 1,200 train / 600 val / full 2,700 test, 3 epochs."),
+    "cpu": ("scaled to ~35 min on a quiet 2-core CPU: CIFAR-10 8,000 train / 2,000 val / full 10,000 test, "
+            "tiny_resnet teacher (width 32) 10 epochs trained once and reused, cnn_small students 5 epochs, 2 seeds; "
+            "efficientvit b3 -> b1 from scratch at 32 px on 1,500 CIFAR images for 4 epochs; EuroSAT at 32 px (not its "
+            "native 64: 4x cheaper, so enough steps fit) with 3,000 train / 1,000 val / full 2,700 test, 4 epochs."),
     "gpu": "seed-project scale: full data, resnet18_cifar teacher 40 epochs, students 30 epochs, 3 seeds.",
 }
 
@@ -42,9 +42,9 @@ _COMMON_SMOKE = dict(
 )
 
 _COMMON_CPU = dict(
-    dataset="cifar10", data_root="../shared/data", image_size=None, train_limit=6000, val_limit=2000, test_limit=None,
-    synthetic=None, teacher="tiny_resnet", teacher_kwargs=dict(width=32), teacher_epochs=6, teacher_lr=0.05,
-    teacher_pretrained=False, student="student_light", student_kwargs={}, epochs=4, batch_size=128, lr=0.05,
+    dataset="cifar10", data_root="../shared/data", image_size=None, train_limit=8000, val_limit=2000, test_limit=None,
+    synthetic=None, teacher="tiny_resnet", teacher_kwargs=dict(width=32), teacher_epochs=10, teacher_lr=0.05,
+    teacher_pretrained=False, student="cnn_small", student_kwargs={}, epochs=5, batch_size=128, lr=0.05,
     seeds=[0, 1], device="auto", progress=False, max_steps_per_epoch=None, latency_min_run_time=0.2, n_examples=8,
     threads=None,
     results_dir="results", checkpoint_dir="checkpoints",
@@ -85,11 +85,11 @@ _OVERRIDES = {
     },
     "cpu": {
         "02_logits": dict(sweep_epochs=2),
-        "05_bonus": dict(methods=["kd+at", "at:shifted", "dkd", "sp"], epochs=3),
-        "06_efficientvit": dict(train_limit=600, val_limit=300, test_limit=600, teacher_epochs=2, epochs=2,
-                                batch_size=64, teacher_kwargs={}, seeds=[0, 1]),
-        "07_eurosat": dict(data_root="../shared/data", image_size=64, train_limit=1200, val_limit=600, test_limit=None,
-                           teacher="tiny_resnet", teacher_kwargs=dict(width=16), teacher_epochs=6, epochs=3),
+        "05_bonus": dict(methods=["kd+at", "at:shifted", "dkd", "sp"]),
+        "06_efficientvit": dict(train_limit=1500, val_limit=500, test_limit=1000, teacher_epochs=4, epochs=4,
+                                batch_size=64, teacher_lr=0.002, lr=0.002, teacher_kwargs={}, seeds=[0, 1]),
+        "07_eurosat": dict(data_root="../shared/data", image_size=32, train_limit=3000, val_limit=1000, test_limit=None,
+                           teacher="tiny_resnet", teacher_kwargs=dict(width=32), teacher_epochs=8, epochs=4, batch_size=64),
     },
     "gpu": {
         "06_efficientvit": dict(image_size=224, train_limit=20000, teacher_epochs=10, epochs=15, batch_size=128),

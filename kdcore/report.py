@@ -25,7 +25,8 @@ import pandas as pd
 
 from . import profiles as _profiles
 from .errors import ConfigError, unknown_name
-from .experiments import REPO_ROOT, atomic_write_text
+from .data import atomic_write_text
+from .experiments import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

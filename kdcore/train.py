@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .data import DataBundle, DeviceLoader, atomic_save
+from .data import DataBundle, DeviceLoader, atomic_save, atomic_write_text
 from .distill import Distiller
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, unknown_name
 
@@ -338,7 +338,7 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                              "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(device),
                              "history": rows, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
                              "config_key": cfg.key(), "config": dataclasses.asdict(cfg)}, last_path)
-                _atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
+                atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
         if best_epoch == epoch + 1:
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
     if world > 1:  # rank 0 may still be writing this run's best.pt: others must not load the previous one
@@ -361,12 +361,6 @@ def _check_finite(pending: list[tuple[int, int, torch.Tensor]], names: list[str]
             raise NonFiniteLossError(f"Loss term '{names[bad[0]]}' became {values[bad[0]].item()} at epoch {epoch + 1}, "
                                      f"step {step}. Lower the learning rate or that term's weight, or check the "
                                      f"inputs for NaN/Inf.")
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):

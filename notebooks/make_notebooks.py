@@ -146,8 +146,8 @@ they can be loaded here, else both models train from scratch: the output below s
     "07_eurosat": [
         ("md", r"""# 07 · EuroSAT: a ResNet teacher → SmallMyNet, and five small students
 
-EuroSAT RGB (64×64, 10 land-use classes; the cpu profile trains on a stratified subset to fit its time budget — the
-data line printed below says how many images), seeded stratified 80/10/10 split. First SmallMyNet (89,397 parameters)
+EuroSAT RGB (64×64, 10 land-use classes; the cpu profile trains on a stratified subset resized to 32×32 to fit its
+time budget — the data line printed below says which), seeded stratified 80/10/10 split. First SmallMyNet (89,397 parameters)
 with and without logit KD, $\mathcal{L} = (1-\alpha)\mathcal{L}_{CE} + \alpha T^2 \mathrm{KL}(p_t^T \| p_s^T)$.
 
 > The seed project reported SmallMyNet 0.908 → 0.928 test accuracy with KD from a ResNet101 teacher at 0.977.

@@ -20,7 +20,7 @@ LAUNCHER = textwrap.dedent("""
         def forbidden(obj, path, *a, **k):
             raise AssertionError(f"rank {os.environ['RANK']} tried to write {path}")
         train.atomic_save = forbidden
-        train._atomic_write_text = forbidden
+        train.atomic_write_text = forbidden
     from kdcore.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
