@@ -247,6 +247,29 @@ validation split; the test split was used once per run.</p>
     return atomic_write_text(page, out_dir / "index.html")
 
 
+def export_figures(results: Path, images: Path, notebooks: list[str] | None = None) -> list[Path]:
+    """Copy every figure of the executed notebooks to images/<notebook>-<k>.png (README figures from a real run)."""
+    import base64
+
+    import nbformat
+
+    images.mkdir(parents=True, exist_ok=True)
+    written = []
+    for nb in notebooks or _profiles.NOTEBOOKS:
+        path = results / f"{nb}.ipynb"
+        if not path.exists():
+            continue
+        pngs = [o["data"]["image/png"] for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        for k, png in enumerate(pngs, 1):
+            target = images / f"{nb}-{k}.png"
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(base64.b64decode(png))
+            os.replace(tmp, target)
+            written.append(target)
+    return written
+
+
 def run(plan: Plan) -> int:
     import datetime as _dt
 
@@ -276,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--notebooks", nargs="+", default=None, help="e.g. 01 02 or 07_eurosat (default: all)")
     ap.add_argument("--show-code", action="store_true", help="show code cells in the HTML pages")
     ap.add_argument("--out", default="results", help="output root; pages go to <out>/<profile>/")
+    ap.add_argument("--figures", default=None, metavar="DIR",
+                    help="also copy every figure of the executed notebooks to DIR/<notebook>-<k>.png")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable), e.g. --param epochs=2 --param seeds=[0]")
     return ap
@@ -288,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         return 2
-    return run(plan)
+    status = run(plan)
+    if args.figures:
+        written = export_figures(plan.out / plan.profile, Path(args.figures), plan.notebooks)
+        print(f"copied {len(written)} figures to {args.figures}")
+    return status
 
 
 if __name__ == "__main__":
