@@ -369,6 +369,8 @@ class Context:
         if ":" in method:
             method, pairing = method.split(":", 1)
             distill_and_train.setdefault("pairing", pairing)
+        if "dkd" in method.split("+"):  # DKD starts ~10x the CE loss; ramp it in (mdistiller: 20 of 240 epochs)
+            distill_and_train.setdefault("dkd_warmup", 2)
         train_keys = {k for k in distill_and_train if k in TRAIN_KEYS}
         train = self._train(**{k: distill_and_train.pop(k) for k in train_keys})
         student = student or self.params["student"]

@@ -26,7 +26,7 @@ NOTEBOOKS = ("01_baseline", "02_logits", "03_hidden_state", "04_regressor", "05_
 SCALING = {
     "smoke": "synthetic gratings (400 train / 100 val / 100 test), tiny models, 1-2 epochs: checks the plumbing only.",
     "cpu": ("scaled to ~35 min on a quiet 2-core CPU: CIFAR-10 8,000 train / 2,000 val / full 10,000 test, "
-            "tiny_resnet teacher (width 32) 10 epochs trained once and reused, cnn_small students 5 epochs, 2 seeds; "
+            "tiny_resnet teacher (width 32) 10 epochs trained once and reused, simplenet students (the homework CNN with BatchNorm) 5 epochs, 2 seeds; "
             "efficientvit b3 -> b1 from scratch at 32 px on 1,500 CIFAR images for 4 epochs; EuroSAT at 32 px (not its "
             "native 64: 4x cheaper, so enough steps fit) with 3,000 train / 1,000 val / full 2,700 test, 4 epochs."),
     "gpu": "seed-project scale: full data, resnet18_cifar teacher 40 epochs, students 30 epochs, 3 seeds.",
@@ -44,7 +44,7 @@ _COMMON_SMOKE = dict(
 _COMMON_CPU = dict(
     dataset="cifar10", data_root="../shared/data", image_size=None, train_limit=8000, val_limit=2000, test_limit=None,
     synthetic=None, teacher="tiny_resnet", teacher_kwargs=dict(width=32), teacher_epochs=10, teacher_lr=0.05,
-    teacher_pretrained=False, student="cnn_small", student_kwargs={}, epochs=5, batch_size=128, lr=0.05,
+    teacher_pretrained=False, student="simplenet", student_kwargs={}, epochs=5, batch_size=128, lr=0.05,
     seeds=[0, 1], device="auto", progress=False, max_steps_per_epoch=None, latency_min_run_time=0.2, n_examples=8,
     threads=None,
     results_dir="results", checkpoint_dir="checkpoints",
