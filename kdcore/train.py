@@ -45,7 +45,7 @@ class TrainConfig:
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster)
-    channels_last: bool = True  # NHWC activations: faster convolutions on CUDA and on CPU (oneDNN)
+    channels_last: bool = True  # NHWC on CUDA; off on CPU: torch 2.14.1's oneDNN corrupted the heap there (tiny_resnet w8, 64 px)
     compile: bool = False
     teacher_cache: bool = False  # exact per-view teacher-logit cache (kdcore.cache)
     seed: int = 0
@@ -224,15 +224,16 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     out = Path(out_dir) if out_dir is not None else None
 
     distiller.to(device)
-    if cfg.channels_last:
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
         distiller.to(memory_format=torch.channels_last)
     if distiller.teacher is not None and amp:
         distiller.teacher.to(torch.bfloat16)  # inference only: half the memory traffic
     train_loader = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
                                 drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
-                                channels_last=cfg.channels_last, rank=rank, world_size=world)
+                                channels_last=channels_last, rank=rank, world_size=world)
     val_loader = DeviceLoader(data.val, data, max(cfg.batch_size, 256), device=device,
-                              channels_last=cfg.channels_last, rank=rank, world_size=world)
+                              channels_last=channels_last, rank=rank, world_size=world)
     distiller.prepare(next(iter(DeviceLoader(data.train, data, min(8, len(data.train)), device=device))).images)
     params = distiller.trainable_parameters()
     if world > 1:  # identical start on every rank
