@@ -6,6 +6,7 @@ Features come from forward hooks by module name (torchdistill's idea): models ar
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -31,15 +32,31 @@ class StepInputs:
 
 
 class Term(nn.Module):
-    """One weighted loss term. `pairs` are (student layer, teacher layer) names it reads."""
+    """One weighted loss term: a tiny module `forward(StepInputs) -> loss`, its reference weight and citation.
+
+    Subclass it, set `name`, `weight` (the reference default) and `reference`, implement `forward`, and
+    decorate the class with `@register` to use it by name in method strings ("kd+mine"); or pass an
+    instance straight to `make_distiller` / a notebook's `ctx.run`. A feature term sets `layers` to
+    choose among the equal-resolution stage pairs: "all", "middle" or "last"; `pairs` overrides that.
+    """
 
     name = "term"
+    weight = 1.0
+    reference = ""
     needs_teacher = True
+    layers: str | None = None  # None: reads logits only
 
-    def __init__(self, weight: float = 1.0, pairs: Sequence[tuple[str, str]] = ()):
+    def __init__(self, weight: float | None = None, pairs: Sequence[tuple[str, str]] | None = None):
         super().__init__()
-        self.weight = float(weight)
-        self.pairs = [tuple(p) for p in pairs]
+        self.weight = float(type(self).weight if weight is None else weight)
+        self.pairs = [tuple(p) for p in pairs] if pairs else None  # None: chosen by Distiller.build
+        if self.pairs is None and self.layers is not None and self.layers not in _LAYER_CHOICES:
+            raise unknown_name("layers", self.layers, _LAYER_CHOICES)
+
+    @property
+    def pair_weights(self) -> list[float]:
+        """Weight of each pair in the term's value (before `weight`); the pairs table prints weight × these."""
+        return [1.0] * len(self.pairs or ())
 
     def build(self, inputs: StepInputs) -> None:
         """Create parameters that depend on feature shapes (called once, before the optimiser)."""
@@ -49,6 +66,19 @@ class Term(nn.Module):
 
     def teacher_feats(self, inputs: StepInputs) -> list[torch.Tensor]:
         return [inputs.teacher_features[t] for _, t in self.pairs]
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight:g}" + (f", pairs={self.pairs}" if self.pairs else "")
+
+
+_LAYER_CHOICES = ("all", "middle", "last")
+METHODS: dict[str, type[Term]] = {}
+
+
+def register(cls: type[Term]) -> type[Term]:
+    """Class decorator: make a Term usable by its `name` in method strings such as "kd+at"."""
+    METHODS[cls.name] = cls
+    return cls
 
 
 class CrossEntropy(Term):
@@ -62,12 +92,15 @@ class CrossEntropy(Term):
         return F.cross_entropy(s.student_logits.float(), s.targets, label_smoothing=self.label_smoothing)
 
 
+@register
 class LogitKD(Term):
-    """Hinton et al. 2015: KL(teacher ‖ student) at temperature T, × T²."""
+    """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": T²·KL(p_t^T ‖ p_s^T), batch mean
+    (RepDistiller's DistillKL). Alone it is mixed (1−α)·CE + α·KD; in combinations CE keeps weight 1."""
 
-    name = "kd"
+    name, weight = "kd", 0.9
+    reference = "Hinton et al., arXiv:1503.02531 (2015); RepDistiller distiller_zoo/KD.py"
 
-    def __init__(self, weight: float = 0.9, temperature: float = 4.0):
+    def __init__(self, weight: float | None = None, temperature: float = 4.0):
         super().__init__(weight)
         self.temperature = temperature
 
@@ -75,12 +108,15 @@ class LogitKD(Term):
         return losses.kd_loss(s.student_logits, s.teacher_logits, self.temperature)
 
 
+@register
 class DKD(Term):
     """Zhao et al. 2022: α·TCKD + β·NCKD, ramped in linearly over `warmup` epochs as in mdistiller."""
 
     name = "dkd"
+    reference = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022; mdistiller distillers/DKD.py"
 
-    def __init__(self, weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 0):
+    def __init__(self, weight: float | None = None, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+                 warmup: int = 0):
         super().__init__(weight)
         self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
 
@@ -89,27 +125,47 @@ class DKD(Term):
         return ramp * losses.dkd_loss(s.student_logits, s.teacher_logits, s.targets, self.alpha, self.beta, self.temperature)
 
 
+@register
 class HiddenState(Term):
-    """Pooled hidden states matched by cosine similarity, one weight per level (homework exp. 2)."""
+    """Homework experiment 2: every equal-resolution stage pair, channels average-pooled to the smaller
+    width (no projection, no parameters), 1 − cosine per sample; Σ_l w_l (default w_l = 1/L)."""
 
-    name = "hidden"
+    name, layers = "hidden", "all"
+    reference = "CIFAR-10 homework, experiment 2 (pooled hidden states + cosine)"
 
-    def __init__(self, weight: float = 1.0, pairs=(), level_weights: Sequence[float] | None = None):
+    def __init__(self, weight: float | None = None, pairs=None, level_weights: Sequence[float] | None = None):
         super().__init__(weight, pairs)
         self.level_weights = list(level_weights) if level_weights is not None else None
+
+    @property
+    def pair_weights(self) -> list[float]:
+        n = len(self.pairs or ())
+        return self.level_weights if self.level_weights is not None else [1 / n] * n
+
+    def build(self, s: StepInputs) -> None:
+        if self.level_weights is not None and len(self.level_weights) != len(self.pairs):
+            raise ConfigError(f"level_weights has {len(self.level_weights)} values but hidden-state matching uses "
+                              f"{len(self.pairs)} layer pairs {self.pairs}; pass one weight per pair, or None for 1/L each.")
 
     def forward(self, s: StepInputs) -> torch.Tensor:
         return losses.hidden_state_loss(self.student_feats(s), self.teacher_feats(s), self.level_weights)
 
 
+@register
 class FitNet(Term):
-    """Romero et al. 2015: a trainable conv regressor maps student features to the teacher's; MSE."""
+    """Romero et al. 2015 as RepDistiller runs it: one hint at the middle stage (`--hint_layer 2`), a
+    Conv-BN-ReLU regressor (ConvReg) and MSE, β = 100."""
 
-    name = "fitnet"
+    name, weight, layers = "fitnet", 100.0, "middle"
+    reference = "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015; RepDistiller distiller_zoo/FitNet.py"
 
-    def __init__(self, weight: float = 100.0, pairs=()):
+    def __init__(self, weight: float | None = None, pairs=None):
         super().__init__(weight, pairs)
         self.regressors: losses.FitNetLoss | None = None
+
+    @property
+    def pair_weights(self) -> list[float]:
+        return [1 / len(self.pairs)] * len(self.pairs or ())
 
     def build(self, s: StepInputs) -> None:
         self.regressors = losses.FitNetLoss.from_features(self.student_feats(s), self.teacher_feats(s))
@@ -118,12 +174,19 @@ class FitNet(Term):
         return self.regressors(self.student_feats(s), self.teacher_feats(s))
 
 
+@register
 class Attention(Term):
-    """Zagoruyko & Komodakis 2017: match normalised spatial attention maps, summed over pairs."""
+    """Zagoruyko & Komodakis 2017 as RepDistiller runs it: every stage pair (`feat[1:-1]`), summed, β = 1000.
 
-    name = "at"
+    Why β = 1000 fits kdcore: each pair's loss is a mean over batch × H·W of unit-norm maps, so a pair's
+    effective weight is β/(H·W) and depends on its resolution alone. Pairs now have equal resolution and
+    sit at the reference's 32²/16²/8² for 32-px inputs, so β = 1000 weighs every pair as RepDistiller does.
+    """
 
-    def __init__(self, weight: float = 1000.0, pairs=(), p: float = 2.0):
+    name, weight, layers = "at", 1000.0, "all"
+    reference = "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017; RepDistiller distiller_zoo/AT.py"
+
+    def __init__(self, weight: float | None = None, pairs=None, p: float = 2.0):
         super().__init__(weight, pairs)
         self.p = p
 
@@ -131,22 +194,37 @@ class Attention(Term):
         return sum(losses.at_loss(fs, ft, self.p) for fs, ft in zip(self.student_feats(s), self.teacher_feats(s)))
 
 
+@register
 class SimilarityPreserving(Term):
-    """Tung & Mori 2019: match the batch's row-normalised Gram matrices, summed over pairs."""
+    """Tung & Mori 2019 as RepDistiller runs it: one pair, the last stage (`feat[-2]`), β = 3000."""
 
-    name = "sp"
-
-    def __init__(self, weight: float = 3000.0, pairs=()):
-        super().__init__(weight, pairs)
+    name, weight, layers = "sp", 3000.0, "last"
+    reference = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019; RepDistiller distiller_zoo/SP.py"
 
     def forward(self, s: StepInputs) -> torch.Tensor:
         return sum(losses.sp_loss(fs, ft) for fs, ft in zip(self.student_feats(s), self.teacher_feats(s)))
 
 
-class Distiller(nn.Module):
-    """Student + frozen teacher + terms. The teacher never trains and is always in eval mode."""
+def select_pairs(pairs: list[tuple[str, str]], layers: str) -> list[tuple[str, str]]:
+    """The pairs a term reads: all of them, the middle one ((n−1)//2, shallow to deep) or the last one."""
+    if layers == "all":
+        return list(pairs)
+    return [pairs[(len(pairs) - 1) // 2]] if layers == "middle" else [pairs[-1]]
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, terms: Sequence[Term] = ()):
+
+PAIRINGS = {"resolution": 0, "shifted": 1}  # shift of the teacher stage from the equal-resolution partner
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + terms. The teacher never trains and is always in eval mode.
+
+    Feature pairs that no term names explicitly are chosen on the first step from the real feature
+    shapes: `pairing="resolution"` pairs stage outputs of equal spatial size, `"shifted"` pairs each
+    student stage with the teacher stage one deeper (teacher block N → student block N−1).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, terms: Sequence[Term] = (),
+                 pairing: str = "resolution"):
         super().__init__()
         terms = list(terms) or [CrossEntropy()]
         if any(t.needs_teacher for t in terms) and teacher is None:
@@ -155,14 +233,25 @@ class Distiller(nn.Module):
         names = [t.name for t in terms]
         if len(set(names)) != len(names):
             raise ConfigError(f"Each term may appear once, got {names}.")
+        if pairing not in PAIRINGS:
+            raise unknown_name("pairing", pairing, PAIRINGS)
         self.student = student
         self.terms = nn.ModuleList(terms)
         self.teacher = teacher
+        self.pairing = pairing
         if teacher is not None:
             teacher.requires_grad_(False).eval()
-        self.student_hooks = FeatureHooks(student, sorted({s for t in terms for s, _ in t.pairs}))
-        self.teacher_hooks = FeatureHooks(teacher, sorted({tl for t in terms for _, tl in t.pairs})) if teacher is not None else None
+        self.shapes: dict[str, tuple[int, ...]] = {}  # hooked layer -> (C, H, W), filled by build
+        auto = any(t.layers and t.pairs is None for t in terms)
+        self._hook(feature_blocks(student) if auto else (), feature_blocks(teacher) if auto else ())
         self.built = False
+
+    def _hook(self, student_layers=(), teacher_layers=()) -> None:
+        """Hook the layers the terms read (plus, before the first step, every stage a pair may come from)."""
+        s = {sl for t in self.terms for sl, _ in t.pairs or ()} | set(student_layers)
+        tl = {tl for t in self.terms for _, tl in t.pairs or ()} | set(teacher_layers)
+        self.student_hooks = FeatureHooks(self.student, sorted(s))
+        self.teacher_hooks = FeatureHooks(self.teacher, sorted(tl)) if self.teacher is not None else None
 
     @property
     def needs_teacher(self) -> bool:
@@ -170,7 +259,7 @@ class Distiller(nn.Module):
 
     @property
     def needs_teacher_features(self) -> bool:
-        return any(t.pairs for t in self.terms)
+        return any(t.layers or t.pairs for t in self.terms)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -203,18 +292,29 @@ class Distiller(nn.Module):
         return logits, {t.name: t.weight * t(step) for t in self.terms}
 
     def build(self, step: StepInputs) -> None:
-        """Check the pair fits together and create shape-dependent parameters (FitNet regressors)."""
+        """Check the pair fits together, choose feature pairs and create shape-dependent parameters."""
         if step.teacher_logits is not None and step.teacher_logits.shape[1] != step.student_logits.shape[1]:
             t, s = step.teacher_logits.shape[1], step.student_logits.shape[1]
             raise ConfigError(f"Teacher predicts {t} classes but the student predicts {s}; build both with the same "
                               f"num_classes (create_model(name, num_classes=...)).")
+        shape = lambda f: tuple(f.shape[1:])  # noqa: E731
+        self.shapes = {**{k: shape(v) for k, v in step.student_features.items()},
+                       **{k: shape(v) for k, v in step.teacher_features.items()}}
+        auto = [t for t in self.terms if t.layers and t.pairs is None]
+        if auto:
+            pairs = losses.resolution_pairs(
+                [(n, shape(step.student_features[n])) for n in feature_blocks(self.student)],
+                [(n, shape(step.teacher_features[n])) for n in feature_blocks(self.teacher)], PAIRINGS[self.pairing])
+            for t in auto:
+                t.pairs = select_pairs(pairs, t.layers)
+            self._hook()  # from now on only the layers the terms read
         for t in self.terms:
             t.build(step)
         self.terms.to(step.student_logits.device)
         self.built = True
 
     def prepare(self, example_images: torch.Tensor) -> "Distiller":
-        """Run one forward so every learnable term exists before the optimiser is created."""
+        """Run one forward so pairs are chosen and every learnable term exists before the optimiser is created."""
         if not self.built:
             was_training = self.student.training
             self.student.eval()
@@ -223,78 +323,88 @@ class Distiller(nn.Module):
             self.student.train(was_training)
         return self
 
+    def pairs_table(self) -> list[dict]:
+        """One row per (term, student layer, teacher layer) with both shapes and the pair's weight in the loss."""
+        if not self.built:
+            raise ConfigError("The pairs are chosen on the first step: call distiller.prepare(images) first.")
+        return [{"term": t.name, "student layer": s, "student shape": self.shapes[s], "teacher layer": tl,
+                 "teacher shape": self.shapes[tl], "weight": t.weight * w}
+                for t in self.terms if t.pairs for (s, tl), w in zip(t.pairs, t.pair_weights)]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student parameters plus any learned by the terms (e.g. FitNet regressors)."""
         return [p for p in self.student.parameters() if p.requires_grad] + [p for p in self.terms.parameters() if p.requires_grad]
 
 
 # --------------------------------------------------------------------------- methods by name
-FEATURE_TERMS = {"hidden": HiddenState, "fitnet": FitNet, "at": Attention, "sp": SimilarityPreserving}
-LOGIT_TERMS = {"kd": LogitKD, "dkd": DKD}
-METHODS = ("baseline", "kd", "dkd", "hidden", "fitnet", "at", "sp")
-
-
-def parse_method(method: str) -> list[str]:
-    """'kd+at' -> ['kd', 'at']; 'baseline' -> []."""
-    parts = [p.strip().lower() for p in str(method).split("+") if p.strip()]
+def parse_method(method) -> list[str | Term]:
+    """'kd+at' -> ['kd', 'at']; 'baseline' -> []; Term instances (or lists mixing names and Terms) pass through."""
+    parts = method if isinstance(method, (list, tuple)) else [method] if isinstance(method, Term) else str(method).split("+")
+    out = []
     for p in parts:
-        if p not in METHODS:
-            raise unknown_name("method", p, METHODS)
-    if "baseline" in parts and len(parts) > 1:
+        if isinstance(p, Term):
+            out.append(p)
+            continue
+        p = str(p).strip().lower()
+        if p and p != "baseline" and p not in METHODS:
+            raise unknown_name("method", p, ["baseline", *METHODS])
+        if p:
+            out.append(p)
+    if "baseline" in out and len(out) > 1:
         raise ConfigError(f"'baseline' trains the student alone and cannot be combined: {method!r}.")
-    return [p for p in parts if p != "baseline"]
+    return [p for p in out if p != "baseline"]
 
 
-def default_pairs(student: nn.Module, teacher: nn.Module, pairing: str = "aligned", levels: int | None = None) -> list[tuple[str, str]]:
-    """Feature pairs from the models' registered stage outputs.
-
-    aligned: the last blocks of each, matched from the end (depths may differ);
-    shifted: teacher block N -> student block N-1 (a deeper teacher stage teaches an earlier student stage).
-    """
-    sb, tb = feature_blocks(student), feature_blocks(teacher)
-    if pairing == "aligned":
-        pairs = losses.last_pairs(sb, tb, min(len(sb), len(tb)))
-    elif pairing == "shifted":
-        pairs = losses.block_pairs(sb, tb, shift=1)
-    else:
-        raise unknown_name("pairing", pairing, ("aligned", "shifted"))
-    return pairs[-levels:] if levels else pairs
+def _term_options(cls: type[Term], options: dict) -> dict:
+    """The options a term's constructor takes: `<name>_<arg>` for it alone (dkd_beta), or plain `<arg>` shared
+    by every term that has it (temperature)."""
+    params = inspect.signature(cls.__init__).parameters
+    kw = {k: v for k, v in options.items() if k in params and k not in ("self", "weight", "pairs")}
+    prefix = f"{cls.name}_"
+    kw.update({k[len(prefix):]: v for k, v in options.items() if k.startswith(prefix) and k[len(prefix):] in params})
+    return kw
 
 
-def make_distiller(method: str, student: nn.Module, teacher: nn.Module | None = None, *, alpha: float = 0.9,
+def make_distiller(method, student: nn.Module, teacher: nn.Module | None = None, *, alpha: float = 0.9,
                    temperature: float = 4.0, weights: dict[str, float] | None = None,
-                   pairs: Sequence[tuple[str, str]] | None = None, pairing: str = "aligned", levels: int | None = None,
-                   level_weights: Sequence[float] | None = None, dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
-                   dkd_warmup: int = 0, label_smoothing: float = 0.0) -> Distiller:
-    """Build a Distiller from a method string such as 'baseline', 'kd', 'at', 'kd+at', 'dkd'.
+                   pairs: Sequence[tuple[str, str]] | None = None, pairing: str = "resolution",
+                   label_smoothing: float = 0.0, **options) -> Distiller:
+    """Build a Distiller from a method: a string such as 'baseline', 'kd', 'at', 'kd+at', 'dkd', a Term
+    instance, or a list of names and Terms.
 
-    Loss = (1-α)·CE + α·KD when 'kd' is present, else CE; feature terms are added with their
-    literature weights (FitNet 100, AT 1000, SP 3000; hidden 1) unless `weights` overrides them.
+    Weights follow RepDistiller's train_student.py, loss = γ·CE + α·KD + β·feature: plain 'kd' is
+    (1−α)·CE + α·KD; every other method and every combination keeps CE at 1, KD at α, and each feature
+    term at its reference β (FitNet 100, AT 1000, SP 3000, hidden 1) unless `weights` overrides it.
+    `pairs` fixes the (student layer, teacher layer) pairs of every feature term; other options go to
+    the terms that take them (`level_weights`, `p`, `dkd_beta`, `dkd_warmup`, ...) and are ignored by the others,
+    so one set of options serves every method; a name no registered term takes is refused.
     """
-    names = parse_method(method)
+    parts = parse_method(method)
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha is the weight of the KD term in (1-alpha)·CE + alpha·KD and must be in [0, 1]; got {alpha}.")
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0 (softmax(z/T)); got {temperature}. Typical values: 1-8.")
+    names = [p if isinstance(p, str) else p.name for p in parts]
     weights = dict(weights or {})
-    unknown = set(weights) - set(METHODS) - {"ce"}
+    unknown = set(weights) - set(METHODS) - {"ce"} - set(names)
     if unknown:
-        raise ConfigError(f"weights has unknown term(s) {sorted(unknown)}; valid: ce, {', '.join(METHODS[1:])}.")
-    if names and teacher is None:
+        raise ConfigError(f"weights has unknown term(s) {sorted(unknown)}; valid: ce, {', '.join(METHODS)}.")
+    if parts and teacher is None:
         raise ConfigError(f"method {method!r} needs a teacher; pass teacher=... or use method='baseline'.")
-    terms: list[Term] = [CrossEntropy(weights.get("ce", 1 - alpha if "kd" in names else 1.0), label_smoothing)]
-    feature_pairs = None
-    for n in names:
-        if n in FEATURE_TERMS and feature_pairs is None:
-            feature_pairs = list(pairs) if pairs else default_pairs(student, teacher, pairing, levels)
-        if n == "kd":
-            terms.append(LogitKD(weights.get("kd", alpha), temperature))
-        elif n == "dkd":
-            terms.append(DKD(weights.get("dkd", 1.0), dkd_alpha, dkd_beta, temperature, dkd_warmup))
-        elif n == "hidden":
-            terms.append(HiddenState(weights.get("hidden", 1.0), feature_pairs, level_weights))
-        else:
-            cls = FEATURE_TERMS[n]
-            terms.append(cls(weights[n], feature_pairs) if n in weights else cls(pairs=feature_pairs))
-    return Distiller(student, teacher, terms)
-
+    ce = weights.get("ce", 1 - alpha if names == ["kd"] else 1.0)
+    terms: list[Term] = [CrossEntropy(ce, label_smoothing)]
+    for part in parts:
+        if isinstance(part, Term):
+            part.weight = float(weights.get(part.name, part.weight))
+            terms.append(part)
+            continue
+        cls = METHODS[part]
+        kw = _term_options(cls, {"temperature": temperature, **options})
+        if "pairs" in inspect.signature(cls.__init__).parameters and pairs:
+            kw["pairs"] = pairs
+        terms.append(cls(weights.get(part, alpha if part == "kd" else None), **kw))
+    unknown = {o for o in options if not any(_term_options(cls, {o: None}) for cls in METHODS.values())}
+    if unknown:
+        raise ConfigError(f"Option(s) {sorted(unknown)} are not taken by any method's term; check the spelling, or "
+                          f"prefix an option with its term's name (e.g. dkd_beta).")
+    return Distiller(student, teacher, terms, pairing)

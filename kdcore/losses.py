@@ -37,8 +37,7 @@ __all__ = [
     "FitNetRegressor",
     "fitnet_loss",
     "FitNetLoss",
-    "block_pairs",
-    "last_pairs",
+    "resolution_pairs",
     "check_finite",
 ]
 
@@ -278,11 +277,14 @@ def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
 
 def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2) -> torch.Tensor:
-    """Attention transfer (Zagoruyko & Komodakis, 2017): ``mean (â_s − â_t)²``.
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), as RepDistiller's ``Attention.at_loss``:
+    ``mean_{b,hw} (â_s − â_t)²`` with ``â = normalize(flat(mean_c |f|^p))`` per sample.
 
-    â = attention map, average-pooled to the common (smaller) spatial size, flattened
-    and L2-normalised per sample; normalising makes the loss ignore the overall
-    activation scale (only *where* the network looks matters). Channel counts may differ.
+    When the spatial sizes differ, the larger *feature map* is average-pooled to the smaller size
+    first and the attention map is taken afterwards (RepDistiller's order; pooling the map instead
+    gives a different value). Normalising makes the loss ignore the activation scale: only *where*
+    the network looks matters. The mean runs over batch × H·W, so a pair's weight depends on its
+    resolution (see ``distill.Attention``). Channel counts may differ.
     """
     _check_maps(student_feat, teacher_feat, "Attention transfer")
     try:
@@ -292,20 +294,21 @@ def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2
     if not (p > 0 and math.isfinite(p)):
         raise ConfigError(f"p must be a finite number > 0 (the paper uses 2), got {p!r}.")
     with _fp32_region(student_feat):
-        a_s = attention_map(_f32(student_feat), p)
-        a_t = attention_map(_f32(teacher_feat), p)
-        size = (min(a_s.shape[1], a_t.shape[1]), min(a_s.shape[2], a_t.shape[2]))
-        a_s, a_t = _pool_spatial(a_s.unsqueeze(1), size), _pool_spatial(a_t.unsqueeze(1), size)
-        a_s = F.normalize(a_s.flatten(1), p=2, dim=1)
-        a_t = F.normalize(a_t.flatten(1), p=2, dim=1)
+        fs, ft = _f32(student_feat), _f32(teacher_feat)
+        size = (min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3]))
+        fs, ft = _pool_spatial(fs, size), _pool_spatial(ft, size)
+        a_s = F.normalize(attention_map(fs, p).flatten(1), p=2, dim=1)
+        a_t = F.normalize(attention_map(ft, p).flatten(1), p=2, dim=1)
         return (a_s - a_t).pow(2).mean()
 
 
 def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
-    """Similarity-preserving KD (Tung & Mori, 2019): ``‖G_s − G_t‖_F² / B²``.
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019): ``‖G_s − G_t‖_F² / B²``, as RepDistiller's
+    ``Similarity``.
 
     G = row-normalised B×B Gram matrix of the flattened features: the student should
     find the same *pairs of images* similar as the teacher, whatever its feature shape.
+    RepDistiller applies it to one pair, the last stage (``distill.SimilarityPreserving``).
     """
     _check_batch(student_feat, teacher_feat)
     b = student_feat.shape[0]
@@ -383,7 +386,7 @@ def hidden_state_loss(
     if len(student_feats) != len(teacher_feats):
         raise ConfigError(
             f"Got {len(student_feats)} student features but {len(teacher_feats)} teacher "
-            "features; pair the layers one to one (see block_pairs / last_pairs)."
+            "features; pair the layers one to one (see resolution_pairs)."
         )
     if not student_feats:
         raise ConfigError("hidden_state_loss needs at least one (student, teacher) feature pair.")
@@ -406,16 +409,18 @@ def _chw(shape: Sequence[int], name: str) -> tuple[int, int, int]:
 
 
 class FitNetRegressor(nn.Module):
-    """FitNets hint regressor (Romero et al., 2015): maps a student map to the teacher's.
+    """FitNets hint regressor (Romero et al., ICLR 2015), exactly RepDistiller's ``ConvReg``:
+    conv → BatchNorm2d(teacher channels) → ReLU, mapping the student's (C, H, W) map to the teacher's.
 
-    * same H, W            → 1×1 conv;
-    * student larger by integer factors (kh, kw) → 3×3 conv, stride (kh, kw), padding 1;
-    * student smaller (both axes) → 1×1 conv; :func:`fitnet_loss` average-pools the
-      teacher map down to the student size.
+    The conv depends on the heights (RepDistiller's cases, checked in this order):
 
-    followed by BatchNorm2d(teacher channels) (as RepDistiller's ``ConvReg``, without
-    its ReLU). Convs have no bias because BatchNorm supplies it. Its parameters must be
-    given to the optimiser together with the student's.
+    * student H = 2 × teacher H → 3×3 conv, stride 2, padding 1;
+    * student H × 2 = teacher H → 4×4 transposed conv, stride 2, padding 1;
+    * student H ≥ teacher H     → conv with kernel (1 + H_s − H_t, 1 + W_s − W_t) (1×1 at equal size);
+    * otherwise (student smaller by more than 2×) → error: pick another pair.
+
+    Convs keep their bias as in the reference. The parameters must be given to the optimiser
+    together with the student's (``Distiller.trainable_parameters`` does).
     """
 
     def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int]):
@@ -423,31 +428,30 @@ class FitNetRegressor(nn.Module):
         cs, hs, ws = _chw(student_shape, "student_shape")
         ct, ht, wt = _chw(teacher_shape, "teacher_shape")
         self.student_shape, self.teacher_shape = (cs, hs, ws), (ct, ht, wt)
-        if (hs, ws) == (ht, wt) or (hs <= ht and ws <= wt):
-            self.conv = nn.Conv2d(cs, ct, kernel_size=1, bias=False)
-            self.out_size = (hs, ws)
-        elif hs >= ht and ws >= wt and hs % ht == 0 and ws % wt == 0:
-            stride = (hs // ht, ws // wt)
-            self.conv = nn.Conv2d(cs, ct, kernel_size=3, stride=stride, padding=1, bias=False)
-            self.out_size = ((hs - 1) // stride[0] + 1, (ws - 1) // stride[1] + 1)
-            if self.out_size != (ht, wt):  # cannot happen for integer factors; keep the guard
-                raise ConfigError(
-                    f"Strided 3x3 conv maps student {self.student_shape} to {self.out_size}, "
-                    f"not the teacher size {(ht, wt)}."
-                )
+        if hs == 2 * ht:
+            self.conv = nn.Conv2d(cs, ct, kernel_size=3, stride=2, padding=1)
+        elif hs * 2 == ht:
+            self.conv = nn.ConvTranspose2d(cs, ct, kernel_size=4, stride=2, padding=1)
+        elif hs >= ht and ws >= wt:
+            self.conv = nn.Conv2d(cs, ct, kernel_size=(1 + hs - ht, 1 + ws - wt))
         else:
             raise ConfigError(
                 f"A FitNets regressor cannot map student feature (C, H, W)={self.student_shape} "
-                f"to teacher feature {self.teacher_shape}: the student map must have the same "
-                "size, be larger by an integer factor on both axes, or be smaller on both axes. "
-                "Pick a different hint/guided layer pair."
+                f"to teacher feature {self.teacher_shape}: the student map must be 2x the teacher's, "
+                "half of it, or at least as large on both axes (RepDistiller's ConvReg). "
+                "Pick a hint/guided layer pair of equal resolution."
             )
         self.bn = nn.BatchNorm2d(ct)
+        self.relu = nn.ReLU()
 
     @property
     def kind(self) -> str:
-        """"1x1" or "3x3/stride" (which conv the shapes called for)."""
-        return "1x1" if self.conv.kernel_size == (1, 1) else "3x3/stride"
+        """Which conv the shapes called for: "3x3/stride 2", "transposed 4x4" or "kxk" (1x1 at equal size)."""
+        if isinstance(self.conv, nn.ConvTranspose2d):
+            return "transposed 4x4"
+        if self.conv.stride == (2, 2):
+            return "3x3/stride 2"
+        return "{}x{}".format(*self.conv.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.student_shape:
@@ -455,7 +459,7 @@ class FitNetRegressor(nn.Module):
                 f"This regressor was built for student features (B, C, H, W) with (C, H, W) = "
                 f"{self.student_shape}, got {tuple(x.shape)}; rebuild it from the current features."
             )
-        return self.bn(self.conv(x))
+        return self.relu(self.bn(self.conv(x)))
 
     def extra_repr(self) -> str:
         return f"student_shape={self.student_shape}, teacher_shape={self.teacher_shape}"
@@ -464,10 +468,9 @@ class FitNetRegressor(nn.Module):
 def fitnet_loss(
     regressor: FitNetRegressor, student_feat: torch.Tensor, teacher_feat: torch.Tensor
 ) -> torch.Tensor:
-    """FitNets hint loss: ``mean (r(f_s) − pool(f_t))²`` over all elements.
+    """FitNets hint loss, RepDistiller's ``HintLoss``: ``mean (r(f_s) − f_t)²`` over all elements.
 
-    The teacher map is adaptive-average-pooled to the regressor output size when the
-    student map is the smaller one. Runs the regressor in float32 (autocast off).
+    Runs the regressor in float32 (autocast off).
     """
     _check_maps(student_feat, teacher_feat, "FitNets")
     if tuple(teacher_feat.shape[1:]) != regressor.teacher_shape:
@@ -477,8 +480,7 @@ def fitnet_loss(
         )
     with _fp32_region(student_feat):
         out = regressor(_f32(student_feat))
-        target = _pool_spatial(_f32(teacher_feat), regressor.out_size).to(out.dtype)
-        return F.mse_loss(out, target)
+        return F.mse_loss(out, _f32(teacher_feat).to(out.dtype))
 
 
 class FitNetLoss(nn.Module):
@@ -536,43 +538,40 @@ class FitNetLoss(nn.Module):
 # --------------------------------------------------------------------------- layer pairing
 
 
-def block_pairs(
-    student_blocks: Sequence[str], teacher_blocks: Sequence[str], shift: int = 0
+def resolution_pairs(
+    student_shapes: Sequence[tuple[str, Sequence[int]]],
+    teacher_shapes: Sequence[tuple[str, Sequence[int]]],
+    shift: int = 0,
 ) -> list[tuple[str, str]]:
-    """Pair student block i with teacher block i + shift, keeping the pairs that exist.
+    """Pair stage outputs of equal spatial resolution, shallow to deep (RepDistiller pairs the
+    CIFAR ResNets' 32²/16²/8² group outputs).
 
-    ``shift=1`` is "teacher block N → student block N−1": each student block imitates
-    the teacher block one stage deeper.
+    Arguments are ``(layer name, (C, H, W))`` lists in network order. Each student stage is paired
+    with the deepest teacher stage of the same (H, W); when several student stages share a
+    resolution, the deepest one is kept. ``shift=1`` is "teacher block N → student block N−1":
+    every student stage is taught by the teacher stage one deeper than its equal-resolution partner
+    (pairs whose teacher stage would not exist are dropped). Non-map features are ignored.
     """
-    s, t = list(student_blocks), list(teacher_blocks)
-    if isinstance(shift, bool) or not isinstance(shift, int):
-        raise ConfigError(f"shift must be an integer, got {shift!r}.")
-    if not s or not t:
-        raise ConfigError(
-            f"Need at least one student and one teacher block, got {len(s)} and {len(t)}."
-        )
-    pairs = [(s[i], t[i + shift]) for i in range(len(s)) if 0 <= i + shift < len(t)]
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ConfigError(f"shift must be an integer >= 0, got {shift!r}.")
+    maps = [(n, tuple(s)) for n, s in teacher_shapes if len(s) == 3]
+    by_size = {}  # (H, W) -> index of the deepest teacher stage of that size
+    for i, (_, shape) in enumerate(maps):
+        by_size[shape[1:]] = i
+    chosen: dict[tuple[int, int], str] = {}
+    for name, shape in student_shapes:
+        if len(shape) == 3 and tuple(shape)[1:] in by_size:
+            chosen[tuple(shape)[1:]] = name  # a deeper student stage of the same size replaces it
+    pairs = [(s, maps[by_size[size] + shift][0]) for size, s in chosen.items() if by_size[size] + shift < len(maps)]
     if not pairs:
+        what = "no student stage has the resolution of a teacher stage" if not chosen else (
+            f"shift={shift} leaves no teacher stage deeper than the equal-resolution partners")
         raise ConfigError(
-            f"shift={shift} leaves no block pair (student has {len(s)} blocks, teacher "
-            f"{len(t)}); use a shift between {-(len(s) - 1)} and {len(t) - 1}."
+            f"No feature pair: {what} (student {[(n, tuple(s)) for n, s in student_shapes]}, teacher "
+            f"{[(n, tuple(s)) for n, s in teacher_shapes]}). Pass pairs=[(student_layer, teacher_layer), ...] "
+            "explicitly, or change the input size."
         )
     return pairs
-
-
-def last_pairs(
-    student_blocks: Sequence[str], teacher_blocks: Sequence[str], n: int
-) -> list[tuple[str, str]]:
-    """The last n student and teacher blocks, aligned from the end (the usual choice
-    when depths differ: the deepest blocks carry the most task-specific features)."""
-    s, t = list(student_blocks), list(teacher_blocks)
-    limit = min(len(s), len(t))
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
-        raise ConfigError(
-            f"n must be an integer between 1 and {limit} (student has {len(s)} blocks, "
-            f"teacher {len(t)}), got {n!r}."
-        )
-    return list(zip(s[len(s) - n :], t[len(t) - n :]))
 
 
 # --------------------------------------------------------------------------- guard

@@ -1,13 +1,16 @@
-"""Mean ± std over seeds, and whether a gain over the baseline is larger than the seed spread.
+"""Mean ± std over seeds, and the gain over the baseline as a paired 95 % interval.
 
-Why: a single-seed KD "gain" of a few tenths of a point is often seed noise. Every table reports
-n, and a method's gain counts as clear only when it exceeds the spread of both runs.
+Why paired: a method and its baseline run with the same seed share the initialisation and the batch
+order, so the per-seed differences cancel most of the seed noise that two independent spreads keep.
+A gain is "significant" only when the paired t interval of the mean difference excludes 0; with n = 1
+there is no interval and nothing is significant.
 """
 from __future__ import annotations
 
 import math
 
 import pandas as pd
+from scipy import stats as _scipy_stats
 
 
 def summarize(runs: pd.DataFrame, by: str | list[str] = "method", metrics=("test_acc", "test_f1")) -> pd.DataFrame:
@@ -20,17 +23,28 @@ def summarize(runs: pd.DataFrame, by: str | list[str] = "method", metrics=("test
     return out.reset_index()
 
 
-def gain_vs_baseline(summary: pd.DataFrame, baseline: str, metric: str = "test_acc", by: str = "method") -> pd.DataFrame:
-    """Adds delta (mean − baseline mean) and `clear_gain`: delta > std(method) + std(baseline), with n ≥ 2 each."""
-    base = summary.loc[summary[by] == baseline]
-    if base.empty:
-        raise ValueError(f"baseline {baseline!r} not among {summary[by].tolist()}")
-    b_mean, b_std, b_n = (base.iloc[0][k] for k in (f"{metric}_mean", f"{metric}_std", "n"))
-    out = summary.copy()
-    out["delta"] = out[f"{metric}_mean"] - b_mean
-    spread = out[f"{metric}_std"] + b_std
-    out["clear_gain"] = (out["delta"] > spread) & (out["n"] >= 2) & (b_n >= 2) & (out[by] != baseline)
-    return out
+def paired_interval(diffs, confidence: float = 0.95) -> dict:
+    """Mean of paired differences with its t interval: {n, delta, ci_low, ci_high, significant}.
+
+    n < 2 gives no interval (NaN bounds, significant None): one pair cannot separate a gain from noise.
+    """
+    d = pd.Series(diffs, dtype=float).dropna()
+    n, mean = len(d), float(d.mean()) if len(d) else float("nan")
+    if n < 2:
+        return {"n": n, "delta": mean, "ci_low": float("nan"), "ci_high": float("nan"), "significant": None}
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+    low, high = mean - half, mean + half
+    return {"n": n, "delta": mean, "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0)}
+
+
+def paired_gain(runs: pd.DataFrame, method: str, baseline: str, metric: str = "test_acc", by: str = "method") -> dict:
+    """`paired_interval` of metric(method) − metric(baseline) over the seeds both ran."""
+    a = runs.loc[runs[by] == method].set_index("seed")[metric]
+    b = runs.loc[runs[by] == baseline].set_index("seed")[metric]
+    if b.empty:
+        raise ValueError(f"baseline {baseline!r} not among {runs[by].unique().tolist()}")
+    common = a.index.intersection(b.index)
+    return paired_interval(a.loc[common] - b.loc[common])
 
 
 def fmt_mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
@@ -38,3 +52,12 @@ def fmt_mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
     if n <= 1 or math.isnan(std):
         return f"{mean:.{digits}f} (n={n})"
     return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def fmt_gain(delta: float, low: float, high: float, digits: int = 4) -> str:
+    """'+0.0123 [+0.0040, +0.0206]'; just the mean when there is no interval, '–' when there is no gain."""
+    if delta is None or math.isnan(delta):
+        return "–"
+    if low is None or math.isnan(low):
+        return f"{delta:+.{digits}f}"
+    return f"{delta:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"

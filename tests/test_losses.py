@@ -13,7 +13,6 @@ from kdcore.losses import (
     FitNetRegressor,
     at_loss,
     attention_map,
-    block_pairs,
     check_finite,
     dkd_loss,
     dkd_terms,
@@ -21,8 +20,8 @@ from kdcore.losses import (
     hidden_cosine_loss,
     hidden_state_loss,
     kd_loss,
-    last_pairs,
     pool_to_common,
+    resolution_pairs,
     sp_loss,
 )
 
@@ -269,16 +268,37 @@ def test_at_zero_for_identical_and_scale_invariant(gen):
     assert at_loss(fs, 0.1 * ft).item() == pytest.approx(base.item(), rel=1e-5)
 
 
-def test_at_pooling_path_matches_manual(gen):
+def repdistiller_at_loss(f_s, f_t, p=2):
+    """RepDistiller distiller_zoo/AT.py, transcribed: pool the larger *feature map*, then the attention map."""
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
+    elif s_h < t_h:
+        f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+    at = lambda f: F.normalize(f.pow(p).mean(1).view(f.size(0), -1))  # noqa: E731
+    return (at(f_s) - at(f_t)).pow(2).mean()
+
+
+@pytest.mark.parametrize("s_shape, t_shape", [((4, 3, 8, 8), (4, 5, 8, 8)), ((4, 3, 16, 16), (4, 5, 8, 8)),
+                                              ((4, 3, 4, 4), (4, 5, 8, 8)), ((4, 3, 32, 32), (4, 7, 8, 8))])
+def test_at_equals_repdistiller_on_random_maps_of_any_sizes(gen, s_shape, t_shape):
+    fs, ft = randn(gen, *s_shape), randn(gen, *t_shape)
+    torch.testing.assert_close(at_loss(fs, ft), repdistiller_at_loss(fs, ft), rtol=1e-5, atol=1e-8)
+
+
+def test_at_pools_features_before_the_map_by_hand(gen):
     fs, ft = randn(gen, 2, 3, 8, 8), randn(gen, 2, 5, 4, 4)
-    a_s = block_mean((fs**2).mean(1), 2).reshape(2, -1)
+    a_s = (block_mean(fs, 2) ** 2).mean(1).reshape(2, -1)  # pool the features 2x2, then square and average channels
     a_t = (ft**2).mean(1).reshape(2, -1)
     a_s = a_s / a_s.norm(dim=1, keepdim=True)
     a_t = a_t / a_t.norm(dim=1, keepdim=True)
     expected = ((a_s - a_t) ** 2).mean()
     assert at_loss(fs, ft).item() == pytest.approx(expected.item(), rel=1e-5)
-    # symmetric in which side is larger
-    assert at_loss(ft, fs).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert at_loss(ft, fs).item() == pytest.approx(expected.item(), rel=1e-5)  # symmetric in which side is larger
+    # pooling the *map* instead is a different loss: the order matters whenever the sizes differ
+    a_s_map = block_mean((fs**2).mean(1), 2).reshape(2, -1)
+    a_s_map = a_s_map / a_s_map.norm(dim=1, keepdim=True)
+    assert abs(((a_s_map - a_t) ** 2).mean().item() - expected.item()) > 1e-4
 
 
 def test_at_errors(gen):
@@ -386,30 +406,53 @@ def test_hidden_state_loss_weights(gen):
 # --------------------------------------------------------------------------- FitNets
 
 
+class RepDistillerConvReg(torch.nn.Module):
+    """RepDistiller models/util.py ConvReg, transcribed (use_relu=True)."""
+
+    def __init__(self, s_shape, t_shape):
+        super().__init__()
+        _, s_c, s_h, s_w = s_shape
+        _, t_c, t_h, t_w = t_shape
+        if s_h == 2 * t_h:
+            self.conv = torch.nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+        elif s_h * 2 == t_h:
+            self.conv = torch.nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+        elif s_h >= t_h:
+            self.conv = torch.nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+        self.bn = torch.nn.BatchNorm2d(t_c)
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
 @pytest.mark.parametrize(
-    "s_shape, t_shape, kind, stride",
+    "s_shape, t_shape, kind",
     [
-        ((16, 8, 8), (32, 8, 8), "1x1", (1, 1)),
-        ((16, 16, 16), (32, 8, 8), "3x3/stride", (2, 2)),
-        ((16, 32, 32), (64, 8, 8), "3x3/stride", (4, 4)),
-        ((16, 4, 4), (32, 8, 8), "1x1", (1, 1)),
+        ((16, 8, 8), (32, 8, 8), "1x1"),
+        ((16, 16, 16), (32, 8, 8), "3x3/stride 2"),
+        ((16, 4, 4), (32, 8, 8), "transposed 4x4"),
+        ((16, 10, 10), (32, 8, 8), "3x3"),
     ],
 )
-def test_fitnet_regressor_choice_and_output_shape(gen, s_shape, t_shape, kind, stride):
+def test_fitnet_regressor_is_repdistillers_convreg(gen, s_shape, t_shape, kind):
     reg = FitNetRegressor(s_shape, t_shape)
-    assert reg.kind == kind and reg.conv.stride == stride and reg.conv.bias is None
-    assert reg.bn.num_features == t_shape[0]
-    out = reg(randn(gen, 2, *s_shape))
-    expected_hw = t_shape[1:] if s_shape[1] >= t_shape[1] else s_shape[1:]
-    assert out.shape == (2, t_shape[0], *expected_hw)
+    ref = RepDistillerConvReg((2, *s_shape), (2, *t_shape))
+    assert reg.kind == kind and reg.conv.bias is not None and reg.bn.num_features == t_shape[0]
+    assert [type(m) for m in reg.children()] == [type(m) for m in ref.children()]
+    ref.load_state_dict(reg.state_dict())  # same parameter names and shapes
+    x = randn(gen, 2, *s_shape)
+    out = reg(x)
+    assert out.shape == (2, *t_shape) and (out >= 0).all()  # ends in ReLU
+    torch.testing.assert_close(out, ref(x))
 
 
-def test_fitnet_loss_backprops_and_pools_teacher(gen):
-    reg = FitNetRegressor((8, 4, 4), (16, 8, 8))  # student smaller -> teacher pooled
-    fs = randn(gen, 3, 8, 4, 4).requires_grad_()
+def test_fitnet_loss_is_mse_to_the_teacher_map_and_backprops(gen):
+    reg = FitNetRegressor((8, 8, 8), (16, 8, 8))
+    fs = randn(gen, 3, 8, 8, 8).requires_grad_()
     ft = randn(gen, 3, 16, 8, 8)
     loss = fitnet_loss(reg, fs, ft)
-    expected = ((reg(fs) - block_mean(ft, 2)) ** 2).mean()
+    expected = ((reg(fs) - ft) ** 2).mean()
     assert loss.dim() == 0 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert reg.conv.weight.grad is not None and reg.conv.weight.grad.abs().sum() > 0
@@ -418,11 +461,11 @@ def test_fitnet_loss_backprops_and_pools_teacher(gen):
 
 def test_fitnet_unmatchable_shapes_raise():
     with pytest.raises(ConfigError) as exc:
-        FitNetRegressor((16, 12, 12), (32, 8, 8))  # factor 1.5
-    assert "(16, 12, 12)" in str(exc.value) and "(32, 8, 8)" in str(exc.value)
+        FitNetRegressor((16, 2, 2), (32, 8, 8))  # student 4x smaller
+    assert "(16, 2, 2)" in str(exc.value) and "(32, 8, 8)" in str(exc.value)
     assert "cannot map" in str(exc.value)
     with pytest.raises(ConfigError, match="cannot map"):
-        FitNetRegressor((16, 16, 4), (32, 8, 8))  # larger in H, smaller in W
+        FitNetRegressor((16, 12, 4), (32, 8, 8))  # larger in H, smaller in W
     with pytest.raises(ConfigError, match=r"\(C, H, W\)"):
         FitNetRegressor((2, 16, 8, 8), (32, 8, 8))
 
@@ -432,7 +475,7 @@ def test_fitnet_loss_module_trains(gen):
     ft = [randn(gen, 8, 6, 4, 4), randn(gen, 8, 12, 4, 4)]
     crit = FitNetLoss.from_features(fs, ft)
     assert len(crit.regressors) == 2
-    assert crit.regressors[0].kind == "3x3/stride" and crit.regressors[1].kind == "1x1"
+    assert crit.regressors[0].kind == "3x3/stride 2" and crit.regressors[1].kind == "1x1"
     total = crit(fs, ft)
     parts = [fitnet_loss(r, s, t) for r, s, t in zip(crit.regressors, fs, ft)]
     assert total.item() == pytest.approx(0.5 * (parts[0] + parts[1]).item(), rel=1e-5)
@@ -454,26 +497,25 @@ def test_fitnet_loss_module_trains(gen):
 # --------------------------------------------------------------------------- layer pairing
 
 
-def test_block_pairs():
-    s4, t4 = ["s1", "s2", "s3", "s4"], ["t1", "t2", "t3", "t4"]
-    assert block_pairs(s4, t4) == [("s1", "t1"), ("s2", "t2"), ("s3", "t3"), ("s4", "t4")]
-    assert block_pairs(s4, t4, shift=1) == [("s1", "t2"), ("s2", "t3"), ("s3", "t4")]
-    s3 = ["s1", "s2", "s3"]
-    assert block_pairs(s3, t4) == [("s1", "t1"), ("s2", "t2"), ("s3", "t3")]
-    assert block_pairs(s3, t4, shift=1) == [("s1", "t2"), ("s2", "t3"), ("s3", "t4")]
-    with pytest.raises(ConfigError, match="no block pair"):
-        block_pairs(s3, t4, shift=4)
+def test_resolution_pairs_pair_equal_sizes_deepest_teacher_stage():
+    student = [("s1", (16, 32, 32)), ("s2", (32, 16, 16)), ("s3", (64, 8, 8))]
+    teacher = [("t1", (64, 32, 32)), ("t2", (128, 16, 16)), ("t3", (256, 8, 8)), ("t4", (512, 4, 4))]
+    assert resolution_pairs(student, teacher) == [("s1", "t1"), ("s2", "t2"), ("s3", "t3")]
+    assert resolution_pairs(student, teacher, shift=1) == [("s1", "t2"), ("s2", "t3"), ("s3", "t4")]
+    # a student stage with no teacher stage of its size is left out; several teacher stages of one size -> deepest
+    teacher2 = [("t1", (8, 16, 16)), ("t1b", (8, 16, 16)), ("t2", (16, 8, 8))]
+    student2 = [("s1", (4, 16, 16)), ("s2", (4, 8, 8)), ("s3", (4, 4, 4)), ("vec", (10,))]
+    assert resolution_pairs(student2, teacher2) == [("s1", "t1b"), ("s2", "t2")]
+    assert resolution_pairs(student2, teacher2, shift=1) == [("s1", "t2")]
+
+
+def test_resolution_pairs_errors_say_why():
+    with pytest.raises(ConfigError, match="no student stage has the resolution"):
+        resolution_pairs([("s", (4, 5, 5))], [("t", (4, 8, 8))])
+    with pytest.raises(ConfigError, match="shift=1 leaves no teacher stage"):
+        resolution_pairs([("s", (4, 8, 8))], [("t", (4, 8, 8))], shift=1)
     with pytest.raises(ConfigError, match="integer"):
-        block_pairs(s3, t4, shift=0.5)
-
-
-def test_last_pairs():
-    s3, t4 = ["s1", "s2", "s3"], ["t1", "t2", "t3", "t4"]
-    assert last_pairs(s3, t4, 2) == [("s2", "t3"), ("s3", "t4")]
-    assert last_pairs(s3, t4, 3) == [("s1", "t2"), ("s2", "t3"), ("s3", "t4")]
-    for bad in (0, 4):
-        with pytest.raises(ConfigError, match="between 1 and 3"):
-            last_pairs(s3, t4, bad)
+        resolution_pairs([("s", (4, 8, 8))], [("t", (4, 8, 8))], shift=0.5)
 
 
 # --------------------------------------------------------------------------- check_finite

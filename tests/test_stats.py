@@ -3,7 +3,9 @@ import math
 import pandas as pd
 import pytest
 
-from kdcore.stats import fmt_mean_std, gain_vs_baseline, summarize
+import numpy as np
+
+from kdcore.stats import fmt_gain, fmt_mean_std, paired_gain, paired_interval, summarize
 
 
 def _runs(rows):
@@ -28,31 +30,44 @@ def test_summarize_groups_by_several_columns():
     assert len(s) == 2 and set(s.n) == {1}
 
 
-def _summary(rows):
-    return pd.DataFrame(rows, columns=["method", "n", "test_acc_mean", "test_acc_std"])
+def test_paired_interval_hand_computed():
+    t_975_df2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom
+    wide = paired_interval([0.01, 0.02, 0.03])  # mean 0.02, sd 0.01
+    half = t_975_df2 * 0.01 / math.sqrt(3)
+    assert wide["n"] == 3 and wide["delta"] == pytest.approx(0.02)
+    assert wide["ci_low"] == pytest.approx(0.02 - half) and wide["ci_high"] == pytest.approx(0.02 + half)
+    assert wide["significant"] is False  # the interval contains 0
+    narrow = paired_interval([0.020, 0.021, 0.019])  # same mean, sd 0.001
+    assert narrow["significant"] is True and narrow["ci_low"] == pytest.approx(0.02 - t_975_df2 * 0.001 / math.sqrt(3))
+    worse = paired_interval([-0.020, -0.021, -0.019])
+    assert worse["significant"] is True and worse["ci_high"] < 0  # a significant loss is also flagged
+    one = paired_interval([0.05])
+    assert one["significant"] is None and math.isnan(one["ci_low"])  # one pair: no interval, never significant
 
 
-def test_clear_gain_only_when_delta_exceeds_both_spreads_with_two_runs_each():
-    s = _summary([("baseline", 3, 0.80, 0.01), ("kd", 3, 0.83, 0.01), ("at", 3, 0.815, 0.01),
-                  ("dkd", 1, 0.90, 0.0), ("worse", 3, 0.70, 0.01), ("edge", 3, 0.82, 0.01)])
-    g = gain_vs_baseline(s, "baseline").set_index("method")
-    assert g.loc["kd", "delta"] == pytest.approx(0.03)
-    assert g.loc["kd", "clear_gain"]            # 0.03 > 0.01 + 0.01
-    assert not g.loc["at", "clear_gain"]        # 0.015 < 0.02: within seed noise
-    assert not g.loc["dkd", "clear_gain"]       # a single run is never a clear gain
-    assert not g.loc["worse", "clear_gain"]     # negative delta
-    assert not g.loc["edge", "clear_gain"]      # delta == spread is not "greater than"
-    assert not g.loc["baseline", "clear_gain"] and g.loc["baseline", "delta"] == 0
+def test_paired_gain_pairs_by_seed_and_cancels_shared_seed_noise():
+    # seed effects of ±0.05 shared by both methods; the method adds exactly +0.01 on every seed
+    runs = _runs([("baseline", 0, 0.70, 0), ("baseline", 1, 0.80, 0), ("baseline", 2, 0.75, 0),
+                  ("kd", 2, 0.76, 0), ("kd", 0, 0.71, 0), ("kd", 1, 0.81, 0), ("kd", 3, 0.99, 0)])
+    g = paired_gain(runs, "kd", "baseline")
+    assert g["n"] == 3 and g["delta"] == pytest.approx(0.01)  # seed 3 has no baseline: left out
+    assert g["significant"] is True and g["ci_low"] == pytest.approx(0.01)  # identical differences: zero width
+    with pytest.raises(ValueError, match="nope"):
+        paired_gain(runs, "kd", "nope")
 
 
-def test_clear_gain_needs_two_baseline_runs():
-    g = gain_vs_baseline(_summary([("baseline", 1, 0.5, 0.0), ("kd", 5, 0.9, 0.001)]), "baseline").set_index("method")
-    assert not g.loc["kd", "clear_gain"]
+def test_false_positive_rate_is_the_nominal_5_percent_for_any_n():
+    """Under no true gain, 'significant' fires ~5 % of the time whatever n (the old spread rule did not)."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5):
+        hits = sum(paired_interval(rng.normal(0, 0.01, n))["significant"] for _ in range(4000))
+        assert 0.04 < hits / 4000 < 0.06, (n, hits)
 
 
-def test_unknown_baseline_names_the_choices():
-    with pytest.raises(ValueError, match="'nope' not among.*kd"):
-        gain_vs_baseline(_summary([("kd", 2, 0.9, 0.01)]), "nope")
+def test_fmt_gain():
+    assert fmt_gain(0.0123, 0.004, 0.0206) == "+0.0123 [+0.0040, +0.0206]"
+    assert fmt_gain(-0.01, float("nan"), float("nan")) == "-0.0100"
+    assert fmt_gain(float("nan"), float("nan"), float("nan")) == "–"
 
 
 def test_fmt_mean_std():
