@@ -4,7 +4,9 @@
     ToTensor + Normalize, DataLoader(batch_size=64, shuffle, num_workers=2 on CPU), fp32, a teacher
     forward every step, kd_loss, SGD.
 (b) kdcore: fit(make_distiller("kd", ...), teacher_cache=True): uint8 tensors on the device, batched
-    crop+flip, larger batch, the exact per-view teacher-logit cache (bf16 + channels_last on CUDA).
+    crop+flip, larger batch, the exact per-view teacher-logit cache, bf16 autocast where
+    resolve_precision("auto") picks it, channels_last on CUDA. The step-time comparison runs kdcore's own
+    train_step, and the cache hit rate comes from the cache's counters.
 Both loops use the same teacher weights (trained briefly here by kdcore first), the same student
 initialisation, lr schedule (cosine), optimiser and loss; the paths run back to back in one process
 so machine load affects both. Writes results/bench/<device>.json atomically. Timings are reported,
@@ -38,7 +40,8 @@ from kdcore import create_model, fit, load_dataset, make_distiller  # noqa: E402
 from kdcore.cache import TeacherLogitCache  # noqa: E402
 from kdcore.data import DeviceLoader  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
-from kdcore.train import confusion, metrics_from_confusion, resolve_device  # noqa: E402
+from kdcore.train import (confusion, cpu_features, metrics_from_confusion, resolve_device,  # noqa: E402
+                          resolve_precision, train_step)
 
 def cpu_seconds() -> float:
     """User+system CPU of this process and its reaped children (DataLoader workers): robust to other load."""
@@ -96,14 +99,13 @@ def reference_loop(teacher, student, data, epochs, device, workers, batch_size=6
     student.to(device)
     opt = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(train))
-    epoch_s, best, best_state, seen = [], -1.0, None, 0
+    epoch_s, best, best_state = [], -1.0, None
     for epoch in range(epochs):
         t0 = time.perf_counter()
         student.train()
         for x, y in train:
             loss = reference_step(teacher, student, opt, x, y, device)
             sched.step()
-            seen += len(y)
         student.eval()
         correct = total = 0
         with torch.no_grad():
@@ -120,9 +122,9 @@ def reference_loop(teacher, student, data, epochs, device, workers, batch_size=6
 
 
 # --------------------------------------------------------------------------- step-time comparison
-def step_times(teacher, student, data, device, batch_size, steps, warmup, channels_last=True, workers=2):
+def step_times(teacher, student, data, device, batch_size, steps, warmup, channels_last=True, workers=2, bf16=False):
     """Median seconds of one seed-style step (its DataLoader wait included) and of one student-only /
-    online-KD / cached-KD step of kdcore's path, interleaved step by step so load hits all alike."""
+    online-KD / cached-KD kdcore train_step, interleaved step by step so load hits all alike."""
     cuda = device.type == "cuda"
     loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True,
                           drop_last=True, channels_last=cuda)
@@ -138,15 +140,13 @@ def step_times(teacher, student, data, device, batch_size, steps, warmup, channe
         if channels_last:
             s.to(memory_format=torch.channels_last)
             t.to(memory_format=torch.channels_last)
-        if cuda:
-            t.to(torch.bfloat16)
         d = make_distiller("baseline" if mode == "student-only" else "kd", s, None if mode == "student-only" else t,
                            alpha=ALPHA, temperature=T)
         opt = torch.optim.SGD(s.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
         cache = None
         if mode == "cached-KD":  # steady state: every view of these batches already in the table
-            cache = TeacherLogitCache.for_loader(t, loader, data.num_classes)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            cache = TeacherLogitCache.for_loader(t, loader, data.num_classes, amp=bf16)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for b in batches:
                     cache.fetch(b.index, b.view, b.images)
         modes[mode] = (d.train(), opt, cache)
@@ -173,12 +173,7 @@ def step_times(teacher, student, data, device, batch_size, steps, warmup, channe
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                tl = cache.fetch(b.index, b.view, b.images) if cache is not None else None
-                _, losses = d.forward_train(b.images, b.labels, 0, teacher_logits=tl)
-            opt.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            opt.step()
+            train_step(d, b, opt, cache=cache, bf16=bf16)
             if cuda:
                 torch.cuda.synchronize()
             if k >= warmup:
@@ -220,6 +215,7 @@ def main(argv=None):
     device = resolve_device(a.device)
     a.batch_size = a.batch_size or (256 if device.type == "cuda" else 64)
     cl = a.channels_last  # fit() does channels_last itself on CUDA; on CPU the weights' format carries it
+    precision = resolve_precision("auto", device)  # what fit() picks here
     torch.manual_seed(0)
     data_root = Path(os.environ.get("KDCORE_DATA", ROOT.parent / "shared" / "data"))
     limits = dict(train_limit=a.train_limit, val_limit=max(a.train_limit // 10, 100), test_limit=a.test_limit)
@@ -231,7 +227,8 @@ def main(argv=None):
                                                          test_size=a.test_limit))
         source = "synthetic gratings (CIFAR-10 not found under the data root)"
     workers = 2 if device.type == "cpu" else 4
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} data: {data.describe()}", flush=True)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} precision={precision} "
+          f"cpu={cpu_features()} data: {data.describe()}", flush=True)
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -258,8 +255,6 @@ def main(argv=None):
         kd_student.to(memory_format=torch.channels_last)
         kd_teacher.to(memory_format=torch.channels_last)
     distiller = make_distiller("kd", kd_student, kd_teacher, alpha=ALPHA, temperature=T)
-    seen = [0]  # images through the teacher inside fit (cache misses + prepare()'s 8-image probe)
-    kd_teacher.register_forward_hook(lambda m, i, o: seen.__setitem__(0, seen[0] + len(i[0])))
     compile_s = None
     if a.compile:  # compile once on a throw-away fit step so the timed epochs exclude it
         t1 = time.perf_counter()
@@ -272,15 +267,14 @@ def main(argv=None):
               compile=a.compile)
     kd_cpu = (cpu_seconds() - c0) / a.epochs
     kd_epoch_s = res.history.seconds.tolist()
-    trained = len(data.train) // a.batch_size * a.batch_size * a.epochs  # drop_last
-    cache_pairs = seen[0] - min(8, len(data.train))  # minus prepare()'s probe
-    hit_rate = 1 - cache_pairs / trained
+    cache_pairs, hits = res.teacher_cache["misses"], res.teacher_cache["hits"]  # the cache's own counters
+    hit_rate = hits / max(hits + cache_pairs, 1)
     kd_ips = len(data.train) * a.epochs / sum(kd_epoch_s)
     kd_acc = test_accuracy(kd_student, data, device)
 
     print(f"step times (batch {a.batch_size}, median of {a.steps} after warm-up)", flush=True)
     steps = step_times(teacher, student0, data, device, a.batch_size, a.steps, warmup=3, channels_last=cl,
-                       workers=workers)
+                       workers=workers, bf16=precision == "bf16")
     per_img = {m: v / (64 if m == "seed-style" else a.batch_size) for m, v in steps.items()}
 
     speed = kd_ips / ref_ips
@@ -308,7 +302,7 @@ def main(argv=None):
 
     result = {
         "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "data_source": source,
+        "threads": torch.get_num_threads(), "cpu": cpu_features(), "data_source": source,
         "workload": {"dataset": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                      "epochs": a.epochs, "teacher": "tiny_resnet", "teacher_epochs": a.teacher_epochs,
                      "teacher_test_acc": teacher_acc, "teacher_train_s": teacher_s, "student": a.student,
@@ -317,8 +311,9 @@ def main(argv=None):
                       "test_acc": ref_acc, "cpu_s_per_epoch": ref_cpu},
         "kdcore": {"batch_size": a.batch_size, "lr": kd_lr, "teacher_cache": True, "images_per_s": kd_ips, "epoch_s": kd_epoch_s,
                    "test_acc": kd_acc, "compile": a.compile, "compile_s": compile_s,
-                   "amp_bf16": device.type == "cuda", "channels_last": cl,
-                   "cache_teacher_pairs": cache_pairs, "cache_hit_rate": hit_rate, "cpu_s_per_epoch": kd_cpu},
+                   "precision": res.precision, "channels_last": cl,
+                   "cache_teacher_pairs": cache_pairs, "cache_hits": hits, "cache_hit_rate": hit_rate,
+                   "cpu_s_per_epoch": kd_cpu},
         "ratios": {"images_per_s": speed, "best_epoch": best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,
                    "cpu_time": ref_cpu / kd_cpu,
                    "interleaved_step_seed_over_online": per_img["seed-style"] / per_img["online-KD"],

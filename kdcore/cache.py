@@ -10,9 +10,13 @@ zero once views repeat. Without augmentation (`view=None`) there is one view per
 teacher runs once per image in the first epoch and never again.
 
 Memory: N·V·C elements plus an N·V bool mask. CIFAR-10 train (45,000 images) × 162 views × 10
-classes = 72.9M logits = 146 MB in bf16 (CUDA) / 292 MB in fp32 (CPU), + 7.3 MB of mask. The
-table lives on the loader's device; on CUDA, if it would take more than half the free memory,
-it lives in pinned CPU memory instead and only the batch's rows cross the bus (non_blocking).
+classes = 72.9M logits = 292 MB in fp32 / 146 MB in bf16 (only when the teacher runs under bf16
+autocast, see `storage_dtype`), + 7.3 MB of mask. The table lives on the loader's device; on
+CUDA, if it would take more than half the free memory, it lives in pinned CPU memory instead and
+only the batch's rows cross the bus (non_blocking).
+
+`shared_cache` keeps the tables of this process by teacher weights, data and augmentation, so
+every logit-KD run of a notebook (any method, any seed) reuses the views earlier runs paid for.
 
 Note: a lazily filled pair was computed in whichever batch first needed it. Convolutions may
 pick a different kernel for a different batch size, so a cached row can differ from a fresh
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +36,7 @@ import torch.nn as nn
 from .data import DeviceLoader, apply_views, atomic_save, num_views
 from .errors import CheckpointError
 
-__all__ = ["TeacherLogitCache", "teacher_fingerprint"]
+__all__ = ["TeacherLogitCache", "teacher_fingerprint", "storage_dtype", "shared_cache", "clear_shared_caches"]
 
 
 def teacher_fingerprint(teacher: nn.Module, pad: int, flip: bool, images: torch.Tensor | None = None,
@@ -48,17 +53,27 @@ def teacher_fingerprint(teacher: nn.Module, pad: int, flip: bool, images: torch.
     return h.hexdigest()
 
 
+def storage_dtype(amp: bool) -> torch.dtype:
+    """bf16 only when the teacher runs under bf16 autocast (its logits are bf16 then, so storing them
+    loses nothing); fp32 otherwise, whatever the device, so that the cache stays exact."""
+    return torch.bfloat16 if amp else torch.float32
+
+
 class TeacherLogitCache:
-    """logits[N, V, C] + filled[N, V], filled lazily by `fetch` or up front by `fill_all`."""
+    """logits[N, V, C] + filled[N, V], filled lazily by `fetch` or up front by `fill_all`.
+
+    `amp`: the teacher runs under bf16 autocast (fetch is called inside it; precompute enters it).
+    `hits` / `misses` count the (image, view) lookups of `fetch` since the cache was made.
+    """
 
     def __init__(self, teacher: nn.Module, num_images: int, num_classes: int, *, pad: int = 4, flip: bool = True,
-                 views: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 views: int | None = None, device: str | torch.device = "cpu", amp: bool = False,
                  source: torch.Tensor | None = None, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  fingerprint: str | None = None):
-        self.teacher, self.pad, self.flip = teacher, pad, flip
+        self.teacher, self.pad, self.flip, self.amp = teacher, pad, flip, amp
         self.num_views = views if views is not None else num_views(pad, flip)
         self.device = torch.device(device)
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = storage_dtype(amp)
         self.source, self.normalize = source, normalize  # uint8 images + normaliser, for fill_all()
         self.fingerprint = fingerprint or teacher_fingerprint(teacher, pad, flip, source)
         shape = (num_images, self.num_views, num_classes)
@@ -69,6 +84,7 @@ class TeacherLogitCache:
         self.complete = False  # host-side flag: once every pair is filled, fetch() never syncs
         self._written = 0  # pairs written so far (an upper bound on filled ones): checks completeness cheaply
         self.teacher_images = 0  # how many (image, view) pairs the teacher has been run on
+        self.hits = self.misses = 0
 
     def _storage_device(self, shape) -> torch.device:
         if self.device.type != "cuda":
@@ -92,6 +108,10 @@ class TeacherLogitCache:
     def fill_fraction(self) -> float:
         return 1.0 if self.complete else self.filled.float().mean().item()
 
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(self.hits + self.misses, 1)
+
     @torch.no_grad()
     def _teacher(self, images: torch.Tensor) -> torch.Tensor:
         if self.teacher.training:
@@ -108,15 +128,19 @@ class TeacherLogitCache:
         """
         view = torch.zeros_like(index) if view is None else view
         i, v = index.to(self.storage), view.to(self.storage)
+        missed = 0
         if not self.complete:
             missing = (~self.filled[i, v]).nonzero().flatten()
-            if len(missing):
+            missed = len(missing)
+            if missed:
                 out = self._teacher(images if len(missing) == len(i) else images[missing.to(images.device)])
                 self.logits[i[missing], v[missing]] = out.to(self.storage, self.dtype)
                 self.filled[i[missing], v[missing]] = True
                 self._written += len(missing)
                 if self._written >= self.filled.numel():  # a batch may repeat a pair, so confirm
                     self.complete = bool(self.filled.all())
+        self.hits += len(i) - missed
+        self.misses += missed
         return self.logits[i, v].to(images.device, non_blocking=True)
 
     @torch.no_grad()
@@ -130,7 +154,7 @@ class TeacherLogitCache:
             x = images_uint8[i]
             if self.num_views > 1:
                 x = apply_views(x, v, self.pad)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
                 out = self._teacher(normalize(x))
             i, v = i.to(self.storage), v.to(self.storage)
             self.logits[i, v] = out.to(self.storage, self.dtype)
@@ -162,3 +186,31 @@ class TeacherLogitCache:
         self._written = int(self.filled.sum())
         self.complete = bool(self.filled.all())
         return self
+
+
+_SHARED: OrderedDict[tuple, TeacherLogitCache] = OrderedDict()
+SHARED_MAX = 2  # tables kept per process (each N·V·C logits): a notebook's teacher, with bounded memory
+
+
+def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp: bool = False) -> TeacherLogitCache:
+    """This process's cache for `teacher` (by weights) on `loader`'s images, normaliser, views and device.
+
+    Runs with the same seed see the same views, so the second logit-KD run of a notebook finds every
+    view already there; other seeds add theirs. The last SHARED_MAX tables are kept.
+    """
+    fingerprint = teacher_fingerprint(teacher, loader.pad, loader.flip, loader.images)
+    views = loader.num_views if loader.augment else 1
+    key = (fingerprint, views, num_classes, str(loader.device), amp,
+           tuple(loader.mean.flatten().tolist()), tuple(loader.std.flatten().tolist()))
+    cache = _SHARED.pop(key, None) or TeacherLogitCache.for_loader(teacher, loader, num_classes, amp=amp,
+                                                                   fingerprint=fingerprint)
+    cache.teacher = teacher  # same weights; misses run on this run's module
+    _SHARED[key] = cache
+    while len(_SHARED) > SHARED_MAX:
+        _SHARED.popitem(last=False)
+    return cache
+
+
+def clear_shared_caches() -> None:
+    """Free the shared tables (their memory), e.g. before a notebook moves on to another teacher."""
+    _SHARED.clear()

@@ -1,4 +1,6 @@
-"""One `fit()` for plain and distilled training.
+"""One `fit()` for plain and distilled training, in timm's layout: `train_step` (one batch),
+`train_epoch` (one pass, per-batch schedule, loss sums) and `fit` (the run: set-up, resume,
+validation, checkpoints, early stopping).
 
 The loop sums the Distiller's loss dict (plain training is a Distiller with only "ce"), keeps
 data on the device, evaluates on the validation split every epoch, keeps the best checkpoint by
@@ -7,10 +9,12 @@ validation accuracy and the last one for resuming, and never looks at the test s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import dataclass
@@ -22,12 +26,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .data import DataBundle, DeviceLoader, atomic_save, atomic_write_text
+from .cache import TeacherLogitCache, shared_cache
+from .data import Batch, DataBundle, DeviceLoader, atomic_save, atomic_write_text
 from .distill import Distiller
 from .errors import CheckpointError, ConfigError, NonFiniteLossError, unknown_name
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "plateau", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MIN_SPEEDUP = 1.2  # "auto" takes bf16 on a CPU only for at least this gain: below it, rounding is not worth it
 
 
 @dataclass
@@ -44,10 +51,10 @@ class TrainConfig:
     pad: int = 4
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster)
+    precision: str = "auto"  # bf16 autocast for student and teacher, or fp32; "auto": see resolve_precision
     channels_last: bool = True  # NHWC on CUDA; off on CPU: torch 2.14.1's oneDNN corrupted the heap there (tiny_resnet w8, 64 px)
     compile: bool = False
-    teacher_cache: bool = False  # exact per-view teacher-logit cache (kdcore.cache)
+    teacher_cache: bool = False  # exact per-view teacher-logit cache (kdcore.cache), shared by runs of one teacher
     seed: int = 0
     deterministic: bool = False
     progress: bool = False
@@ -62,6 +69,8 @@ class TrainConfig:
             raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
         if self.schedule not in SCHEDULES:
             raise unknown_name("schedule", self.schedule, SCHEDULES)
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}.")
         return self
@@ -81,6 +90,8 @@ class FitResult:
     seconds: float
     out_dir: Path | None
     resumed_from: int | None = None  # epoch the run resumed after, if it did
+    precision: str = "fp32"  # what "auto" resolved to
+    teacher_cache: dict | None = None  # this run's cache lookups: hits, misses, fill_fraction (None: no cache)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,6 +100,65 @@ def resolve_device(device: str = "auto") -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device='cpu' or 'auto'.")
     return torch.device(device)
+
+
+# --------------------------------------------------------------------------- precision
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> dict:
+    """Whether bf16 can pay on this CPU, for results files: AMX tiles (the matrix units behind issue 9's
+    2-3.6x bf16 gains), AVX512-BF16 (bf16 dot products only) and the model name."""
+    name = platform.processor()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    has = lambda f: bool(getattr(torch.cpu, f, lambda: False)())  # noqa: E731  (private, absent in older torch)
+    return {"model name": name, "amx": has("_is_amx_tile_supported"), "avx512_bf16": has("_is_avx512_bf16_supported")}
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of a small conv training step on this CPU: best of 3 interleaved
+    rounds after a warm-up (8 steps, once per process; the best round filters out other load).
+    Leaves the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                              nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(32, 10))
+        x, y = torch.randn(16, 3, 16, 16), torch.randint(10, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    best = {False: math.inf, True: math.inf}
+    for k in range(4):
+        for bf16 in (False, True):
+            t = step(bf16)
+            if k:
+                best[bf16] = min(best[bf16], t)
+    return best[False] / best[True]
+
+
+def resolve_precision(precision: str, device: torch.device, probe: bool = True) -> str:
+    """The precision of a run, "fp32" or "bf16". "auto": bf16 on CUDA GPUs that support it; on a CPU
+    only with AMX (without it, AVX512-BF16 alone gave no reliable gain on this Zen4 machine, and bf16
+    costs precision) and, with `probe`, only if bf16_speedup() confirms >= BF16_MIN_SPEEDUP."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type != "cpu" or not cpu_features()["amx"]:
+        return "fp32"
+    return "bf16" if not probe or bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -204,6 +274,77 @@ def _all_reduce_gradients(params: list[nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
+# --------------------------------------------------------------------------- the loop
+def train_step(distiller: Distiller, batch: Batch, optimizer: torch.optim.Optimizer, *, epoch: int = 0,
+               cache: TeacherLogitCache | None = None,
+               bf16: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on one batch: forward under bf16 autocast if asked (teacher logits from `cache`
+    when given), backward, gradient all-reduce under torch.distributed, step. Returns (student logits,
+    {term: weighted loss}) as device tensors: nothing here waits for the device."""
+    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        teacher_logits = cache.fetch(batch.index, batch.view, batch.images) if cache is not None else None
+        logits, losses = distiller.forward_train(batch.images, batch.labels, epoch, teacher_logits=teacher_logits)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    world = _dist()[1]
+    if world > 1:
+        _all_reduce_gradients([p for group in optimizer.param_groups for p in group["params"]], world)
+    optimizer.step()
+    return logits, losses
+
+
+def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.optim.Optimizer, scheduler=None, *,
+                epoch: int = 0, steps: int | None = None, cache: TeacherLogitCache | None = None, bf16: bool = False,
+                progress: bool = False) -> dict[str, float]:
+    """One pass of train_step over `loader` (at most `steps` batches), stepping a per-batch `scheduler`.
+
+    Returns train_loss (the summed terms), loss_<term> and train_acc, sample-weighted over the epoch and
+    over ranks. Finiteness is checked every step on CPU and every 50 on CUDA, where a check is a sync.
+    """
+    distiller.train()
+    loader.set_epoch(epoch)
+    names = [t.name for t in distiller.terms]
+    steps = len(loader) if steps is None else min(len(loader), steps)
+    check_every = 50 if loader.device.type == "cuda" else 1
+    sums = torch.zeros(len(names) + 2, device=loader.device)  # terms..., correct, count
+    pending: list[tuple[int, int, torch.Tensor]] = []
+    for step, batch in enumerate(_progress(loader, steps, f"epoch {epoch + 1}", progress)):
+        if step >= steps:
+            break
+        logits, losses = train_step(distiller, batch, optimizer, epoch=epoch, cache=cache, bf16=bf16)
+        if scheduler is not None:
+            scheduler.step()
+        values = torch.stack([losses[n].detach().float() for n in names])
+        sums[:-2] += values * len(batch.labels)
+        sums[-2] += (logits.argmax(1) == batch.labels).sum()
+        sums[-1] += len(batch.labels)
+        pending.append((epoch, step, values))
+        if len(pending) >= check_every:
+            _check_finite(pending, names)
+            pending.clear()
+    _check_finite(pending, names)
+    if _dist()[1] > 1:
+        dist.all_reduce(sums)
+        for b in distiller.student.buffers():  # BN statistics as rank 0 has them (what DDP does)
+            dist.broadcast(b.data, 0)
+    sums = sums.cpu()
+    return {"train_loss": (sums[:-2].sum() / sums[-1]).item(),
+            **{f"loss_{n}": (sums[i] / sums[-1]).item() for i, n in enumerate(names)},
+            "train_acc": (sums[-2] / sums[-1]).item()}
+
+
+def _resume_state(out: Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
+    """last.pt of this configuration, or None to start fresh; another configuration's is refused untouched."""
+    path = out / "last.pt" if out else None
+    if not (path and resume and path.exists()):
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("config_key") != cfg.key():
+        raise CheckpointError(f"{path} was written by a different configuration (key {ckpt.get('config_key')} "
+                              f"vs {cfg.key()}); use another out_dir, pass resume=False, or delete it.")
+    return ckpt
+
+
 def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | None = None, *,
         out_dir: str | os.PathLike | None = None, resume: bool = True, **overrides) -> FitResult:
     """Train `model` (a student, or a Distiller holding student + teacher + terms) on `data`.
@@ -211,7 +352,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     Returns the per-epoch history (loss per term, train/val accuracy, val macro-F1, lr, seconds)
     with the best validation checkpoint's weights loaded into the student. With `out_dir`,
     writes best.pt, last.pt (model, optimiser, scheduler, epoch, RNG states, history, config
-    key) and history.csv atomically; a rerun with the same arguments resumes from last.pt.
+    key, precision) and history.csv atomically; a rerun with the same arguments resumes from last.pt.
+    The caller's teacher keeps its dtype and weights (bf16 runs it under autocast).
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides).validate()
     distiller = model if isinstance(model, Distiller) else Distiller(model)
@@ -219,16 +361,21 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     device = resolve_device(cfg.device)
     rank, world = _dist()
     cuda = device.type == "cuda"
-    amp = cfg.amp and cuda
-    seed_everything(cfg.seed, cfg.deterministic)
     out = Path(out_dir) if out_dir is not None else None
+    ckpt = _resume_state(out, resume, cfg)
+    # a resumed run keeps its precision; a deterministic one must not depend on a timing
+    precision = ckpt["precision"] if ckpt else resolve_precision(cfg.precision, device, probe=not cfg.deterministic)
+    if world > 1:  # every rank trains in rank 0's precision
+        flag = torch.tensor([precision == "bf16"], dtype=torch.int64, device=device)
+        dist.broadcast(flag, 0)
+        precision = "bf16" if flag.item() else "fp32"
+    bf16 = precision == "bf16"
+    seed_everything(cfg.seed, cfg.deterministic)
 
     distiller.to(device)
     channels_last = cfg.channels_last and cuda
     if channels_last:
         distiller.to(memory_format=torch.channels_last)
-    if distiller.teacher is not None and amp:
-        distiller.teacher.to(torch.bfloat16)  # inference only: half the memory traffic
     train_loader = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
                                 drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
                                 channels_last=channels_last, rank=rank, world_size=world)
@@ -244,8 +391,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     scheduler = _make_scheduler(optimizer, cfg, steps)
     cache = None
     if cfg.teacher_cache and distiller.needs_teacher and not distiller.needs_teacher_features:
-        from .cache import TeacherLogitCache
-        cache = TeacherLogitCache.for_loader(distiller.teacher, train_loader, data.num_classes)
+        cache = shared_cache(distiller.teacher, train_loader, data.num_classes, amp=bf16)
+        hits0, misses0 = cache.hits, cache.misses
     if cfg.compile:
         if distiller.needs_teacher_features:  # hooks re-registered every step would force recompiles
             raise ConfigError("compile=True works with logit methods only (baseline, kd, dkd); feature methods "
@@ -255,12 +402,7 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     rows: list[dict] = []
     best_state = None
     start_epoch, best_acc, best_epoch, resumed_from, stale = 0, -1.0, -1, None, 0
-    last_path = out / "last.pt" if out else None
-    if out and resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("config_key") != cfg.key():
-            raise CheckpointError(f"{last_path} was written by a different configuration (key {ckpt.get('config_key')} "
-                                  f"vs {cfg.key()}); use another out_dir, pass resume=False, or delete it.")
+    if ckpt:
         student.load_state_dict(ckpt["student"])
         distiller.terms.load_state_dict(ckpt["terms"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -269,57 +411,22 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         rows, best_acc, best_epoch, stale = ckpt["history"], ckpt["best_val_acc"], ckpt["best_epoch"], ckpt["stale"]
         start_epoch = resumed_from = ckpt["epoch"] + 1
         if rank == 0:
-            print(f"resumed from {last_path} after epoch {ckpt['epoch'] + 1}", flush=True)
+            print(f"resumed from {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}", flush=True)
 
     term_names = [t.name for t in distiller.terms]
-    check_every = 50 if cuda else 1  # checking finiteness forces a GPU sync; batch the checks there
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stopping is not None and stale >= cfg.early_stopping:
             break
         t0 = time.perf_counter()
-        distiller.train()
-        train_loader.set_epoch(epoch)
-        sums = torch.zeros(len(term_names) + 2, device=device)  # terms..., correct, count
-        pending: list[tuple[int, int, torch.Tensor]] = []
-        batches = _progress(train_loader, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and rank == 0)
-        for step, batch in enumerate(batches):
-            if step >= steps:
-                break
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                t_logits = cache.fetch(batch.index, batch.view, batch.images) if cache is not None else None
-                logits, losses = distiller.forward_train(batch.images, batch.labels, epoch, teacher_logits=t_logits)
-            values = torch.stack([losses[n].detach().float() for n in term_names])
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _all_reduce_gradients(params, world)
-            optimizer.step()
-            if cfg.schedule != "plateau":
-                scheduler.step()
-            sums[:-2] += values * len(batch.labels)
-            sums[-2] += (logits.argmax(1) == batch.labels).sum()
-            sums[-1] += len(batch.labels)
-            pending.append((epoch, step, values))
-            if len(pending) >= check_every:
-                _check_finite(pending, term_names)
-                pending.clear()
-        _check_finite(pending, term_names)
-        if world > 1:
-            dist.all_reduce(sums)
-            for b in student.buffers():  # BN statistics as rank 0 has them (what DDP does)
-                dist.broadcast(b.data, 0)
-        cm, val_loss_sum = confusion(student, val_loader, data.num_classes, amp)
+        train = train_epoch(distiller, train_loader, optimizer, None if cfg.schedule == "plateau" else scheduler,
+                            epoch=epoch, steps=steps, cache=cache, bf16=bf16, progress=cfg.progress and rank == 0)
+        cm, val_loss_sum = confusion(student, val_loader, data.num_classes, bf16)
         val = metrics_from_confusion(cm)
         if cfg.schedule == "plateau":
             scheduler.step(val["acc"])
-        sums = sums.cpu()
-        row = {"epoch": epoch + 1, "train_loss": (sums[:-2].sum() / sums[-1]).item(),
-               **{f"loss_{n}": (sums[i] / sums[-1]).item() for i, n in enumerate(term_names)},
-               "train_acc": (sums[-2] / sums[-1]).item(), "val_loss": val_loss_sum / max(len(data.val), 1),
-               "val_acc": val["acc"], "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, **train, "val_loss": val_loss_sum / max(len(data.val), 1), "val_acc": val["acc"],
+               "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         rows.append(row)
         improved = val["acc"] > best_acc
         if improved:
@@ -338,7 +445,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                 atomic_save({"student": student.state_dict(), "terms": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(device),
                              "history": rows, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
-                             "config_key": cfg.key(), "config": dataclasses.asdict(cfg)}, last_path)
+                             "config_key": cfg.key(), "config": dataclasses.asdict(cfg), "precision": precision},
+                            out / "last.pt")
                 atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
         if best_epoch == epoch + 1:
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -349,7 +457,10 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     elif best_state is not None:
         student.load_state_dict(best_state)
     student.eval()
-    return FitResult(pd.DataFrame(rows), best_epoch, best_acc, str(device), time.perf_counter() - t_start, out, resumed_from)
+    cache_stats = None if cache is None else {"hits": cache.hits - hits0, "misses": cache.misses - misses0,
+                                              "fill_fraction": cache.fill_fraction}
+    return FitResult(pd.DataFrame(rows), best_epoch, best_acc, str(device), time.perf_counter() - t_start, out,
+                     resumed_from, precision, cache_stats)
 
 
 def _check_finite(pending: list[tuple[int, int, torch.Tensor]], names: list[str]) -> None:

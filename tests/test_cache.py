@@ -1,9 +1,9 @@
-"""TeacherLogitCache: exact per-view teacher logits, lazily filled (CPU, fp32)."""
+"""TeacherLogitCache: exact per-view teacher logits, lazily filled (CPU, fp32; bf16 autocast on CUDA)."""
 import pytest
 import torch
 
 from kdcore import create_model, fit, load_dataset, make_distiller
-from kdcore.cache import TeacherLogitCache
+from kdcore.cache import TeacherLogitCache, clear_shared_caches, storage_dtype
 from kdcore.data import DeviceLoader, apply_views
 from kdcore.errors import CheckpointError
 
@@ -13,6 +13,14 @@ PAD = 2
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("synthetic", synthetic=dict(train_size=256, val_size=64, test_size=64, image_size=16))
+
+
+@pytest.fixture(autouse=True)
+def fresh_shared_caches():
+    """fit() shares caches by teacher weights across runs: each test starts without any."""
+    clear_shared_caches()
+    yield
+    clear_shared_caches()
 
 
 def _teacher(seed=0):
@@ -66,6 +74,16 @@ def test_second_fetch_of_the_same_pairs_skips_the_teacher(data):
     assert counter.calls == 1 and counter.images == len(batch.index)
     b = cache.fetch(batch.index, batch.view, batch.images)
     assert counter.calls == 1 and torch.equal(a, b)
+    n = len(batch.index)
+    assert (cache.hits, cache.misses, cache.hit_rate) == (n, n, 0.5)
+
+
+def test_storage_is_fp32_unless_the_teacher_runs_under_bf16_autocast(data):
+    """Issue 11: on CUDA the table was bf16 even without amp, so it was no longer exact."""
+    assert storage_dtype(amp=False) == torch.float32 and storage_dtype(amp=True) == torch.bfloat16
+    loader = DeviceLoader(data.train, data, 32, augment=True, pad=PAD)
+    assert TeacherLogitCache.for_loader(_teacher(), loader, 10).logits.dtype == torch.float32
+    assert TeacherLogitCache.for_loader(_teacher(), loader, 10, amp=True).logits.dtype == torch.bfloat16
 
 
 def test_no_augmentation_means_one_view_per_image(data):
@@ -96,20 +114,41 @@ def test_fill_all_matches_lazy_fill_and_then_never_calls_the_teacher(data):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # batch composition differs
 
 
-def test_fit_with_cache_matches_fit_without(data):
-    def run(teacher_cache):
-        torch.manual_seed(3)
-        student = create_model("student_light", num_classes=10)
-        distiller = make_distiller("kd", student, _teacher(), alpha=0.7)
-        return fit(distiller, data, epochs=2, batch_size=64, lr=0.05, pad=PAD, device="cpu",
-                   teacher_cache=teacher_cache).history
+def _fit(data, method, teacher, teacher_cache):
+    torch.manual_seed(3)
+    student = create_model("student_light", num_classes=10)
+    distiller = make_distiller(method, student, teacher, alpha=0.7)
+    return fit(distiller, data, epochs=2, batch_size=64, lr=0.05, pad=PAD, device="cpu", precision="fp32",
+               teacher_cache=teacher_cache)
 
-    online, cached = run(False), run(True)
+
+def test_fit_with_cache_matches_fit_without(data):
+    online, cached = (_fit(data, "kd", _teacher(), c) for c in (False, True))
+    assert online.teacher_cache is None and cached.teacher_cache["misses"] > 0
     cols = ["train_loss", "loss_ce", "loss_kd", "train_acc", "val_loss", "val_acc"]
+    online, cached = online.history, cached.history
     # Epoch 1 runs the teacher on the same full batches, so it is identical; a row reused later was
     # computed in another batch, which may change the last float bit, hence the tolerance.
     assert (online[cols].iloc[0] == cached[cols].iloc[0]).all()
     assert ((online[cols] - cached[cols]).abs().to_numpy() < 1e-5).all()
+
+
+def test_runs_with_the_same_teacher_share_one_cache(data):
+    """Same seed, same views: the second logit method never runs the teacher; feature methods do."""
+    teacher = _teacher()
+    first = _fit(data, "kd", teacher, True)
+    counter = Counter(teacher)
+    again = _fit(data, "kd", _teacher(), True)  # another object with the same weights finds the same table
+    dkd = _fit(data, "dkd", teacher, True)
+    lookups = 2 * (len(data.train) // 64) * 64
+    assert first.teacher_cache["hits"] + first.teacher_cache["misses"] == lookups
+    assert again.teacher_cache["hits"] == dkd.teacher_cache["hits"] == lookups
+    assert again.teacher_cache["misses"] == dkd.teacher_cache["misses"] == 0
+    assert counter.images == 8  # only dkd's prepare() probe
+    cols = [c for c in first.history.columns if c != "seconds"]
+    assert first.history[cols].equals(again.history[cols])
+    hidden = _fit(data, "hidden", teacher, True)
+    assert hidden.teacher_cache is None and counter.images > 8
 
 
 def test_save_load_round_trip_and_other_teacher_is_refused(data, tmp_path):
@@ -127,3 +166,22 @@ def test_save_load_round_trip_and_other_teacher_is_refused(data, tmp_path):
     wider = DeviceLoader(data.train, data, 32, augment=True, shuffle=True, pad=PAD + 1)
     with pytest.raises(CheckpointError, match="pad/flip"):
         TeacherLogitCache.for_loader(cache.teacher, wider, 10).load(tmp_path / "c.pt")
+
+
+@pytest.mark.cuda
+def test_cache_on_cuda_is_exact_without_amp_and_close_with_amp(data, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    teacher = _teacher().cuda()
+    loader = DeviceLoader(data.train, data, 32, device="cuda", augment=True, shuffle=True, pad=PAD)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        online = teacher(batch.images)
+    exact = TeacherLogitCache.for_loader(teacher, loader, 10)
+    assert exact.logits.dtype == torch.float32
+    assert torch.equal(exact.fetch(batch.index, batch.view, batch.images), online)
+    assert torch.equal(exact.fetch(batch.index, batch.view, batch.images), online)  # from the table
+    amp = TeacherLogitCache.for_loader(teacher, loader, 10, amp=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = amp.fetch(batch.index, batch.view, batch.images)
+    assert amp.logits.dtype == got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), online, rtol=5e-2, atol=5e-2)  # bf16: 8 significant bits

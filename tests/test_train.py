@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore import create_model, fit, load_dataset, make_distiller
+from kdcore import create_model, fit, load_dataset, make_distiller, train
+from kdcore.data import DeviceLoader
 from kdcore.errors import ConfigError
 from kdcore.evaluate import classification_metrics, efficiency, evaluate
-from kdcore.train import TrainConfig, metrics_from_confusion
+from kdcore.train import TrainConfig, cpu_features, metrics_from_confusion, resolve_precision, train_epoch, train_step
 
 FAST = dict(epochs=3, batch_size=64, lr=0.05, device="cpu")
 
@@ -34,6 +35,7 @@ def test_plain_training_learns_far_above_chance(data, tmp_path):
     assert result.best_val_acc == h.val_acc.max() and result.best_epoch == int(h.val_acc.idxmax()) + 1
     assert evaluate(student, data, "test", device="cpu")["accuracy"] > 0.5  # chance is 0.1
     assert {p.name for p in tmp_path.iterdir()} >= {"best.pt", "last.pt", "history.csv"}
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["precision"] == result.precision  # kept on resume
 
 
 def test_distillation_learns_and_leaves_teacher_untouched(data, teacher):
@@ -46,6 +48,69 @@ def test_distillation_learns_and_leaves_teacher_untouched(data, teacher):
     assert result.best_val_acc > 0.5
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # BN stats too
     assert not teacher.training
+
+
+def test_bf16_fit_leaves_the_callers_teacher_in_fp32(data, teacher):
+    """Issue 11: fit() cast the shared teacher to bf16 in place, changing it for every later run."""
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    distiller = make_distiller("kd", create_model("student_light", num_classes=10), teacher)
+    result = fit(distiller, data, epochs=1, batch_size=64, device="cpu", precision="bf16", max_steps_per_epoch=3)
+    assert result.precision == "bf16" and np.isfinite(result.history.train_loss).all()
+    for k, v in teacher.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
+    cpu = torch.device("cpu")
+
+    def features(amx):
+        return lambda: {"model name": "test", "amx": amx, "avx512_bf16": True}
+
+    def no_probe():
+        raise AssertionError("probed a CPU without AMX")
+
+    monkeypatch.setattr(train, "bf16_speedup", no_probe)
+    monkeypatch.setattr(train, "cpu_features", features(False))
+    assert resolve_precision("auto", cpu) == "fp32"  # AVX512-BF16 without AMX, like this Zen4 machine
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(train, "cpu_features", features(True))
+    assert resolve_precision("auto", cpu, probe=False) == "bf16"  # deterministic runs: no timing
+    for speedup, want in ((2.5, "bf16"), (1.05, "fp32")):
+        monkeypatch.setattr(train, "bf16_speedup", lambda: speedup)
+        assert resolve_precision("auto", cpu) == want
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(ConfigError, match="Valid precision names"):
+        TrainConfig(precision="fp16").validate()
+
+
+def test_fit_records_the_precision_auto_chose(data, monkeypatch):
+    run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=1)
+    here = fit(create_model("student_light", num_classes=10), data, **run)
+    assert here.precision == resolve_precision("auto", torch.device("cpu"))
+    monkeypatch.setattr(train, "cpu_features", lambda: {"model name": "test", "amx": True, "avx512_bf16": True})
+    monkeypatch.setattr(train, "bf16_speedup", lambda: 3.0)
+    assert fit(create_model("student_light", num_classes=10), data, **run).precision == "bf16"
+
+
+def test_cpu_features_names_what_decides_bf16():
+    f = cpu_features()
+    assert set(f) == {"model name", "amx", "avx512_bf16"} and isinstance(f["amx"], bool)
+
+
+def test_train_step_and_epoch_are_the_loop_fit_runs(data, teacher):
+    torch.manual_seed(4)
+    distiller = make_distiller("kd", create_model("student_light", num_classes=10), teacher)
+    loader = DeviceLoader(data.train, data, 64, augment=True, shuffle=True, drop_last=True)
+    distiller.prepare(next(iter(loader)).images)
+    opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.05)
+    before = [p.detach().clone() for p in distiller.student.parameters()]
+    logits, losses = train_step(distiller, next(iter(loader)), opt)
+    assert logits.shape == (64, 10) and set(losses) == {"ce", "kd"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, distiller.student.parameters()))
+    stats = train_epoch(distiller, loader, opt, epoch=1, steps=2)
+    assert set(stats) == {"train_loss", "loss_ce", "loss_kd", "train_acc"}
+    assert stats["train_loss"] == pytest.approx(stats["loss_ce"] + stats["loss_kd"])
 
 
 @pytest.mark.parametrize("method", ["dkd", "hidden", "fitnet", "at", "sp", "kd+at", "kd+hidden+sp"])
@@ -67,14 +132,6 @@ def test_fitnet_regressor_parameters_are_trained(data, teacher):
     assert reg, "FitNet should own learnable regressor parameters"
     fit(distiller, data, epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=3)
     assert any(not torch.equal(a, b) for a, b in zip(reg, distiller.terms.parameters()))
-
-
-def test_shifted_pairing_maps_teacher_block_n_to_student_block_n_minus_1(teacher):
-    student = create_model("cnn_small", num_classes=10)
-    distiller = make_distiller("at", student, teacher, pairing="shifted")
-    (term,) = [t for t in distiller.terms if t.name == "at"]
-    sb, tb = student.kd_spec.feature_blocks, teacher.kd_spec.feature_blocks
-    assert term.pairs == [(sb[i], tb[i + 1]) for i in range(min(len(sb), len(tb) - 1))]
 
 
 def test_early_stopping_stops(data):
@@ -135,3 +192,35 @@ def test_efficiency_reports_params_size_flops_latency():
     if isinstance(conv1, torch.nn.Conv2d):  # the first conv alone: 2·k²·Cin·Cout·H·W
         k, cin, cout = conv1.kernel_size[0], conv1.in_channels, conv1.out_channels
         assert stats["gflops"] * 1e9 >= 2 * k * k * cin * cout * 32 * 32 / conv1.stride[0] ** 2
+
+
+@pytest.mark.cuda
+def test_device_loader_on_cuda_gives_the_cpu_batches(data):
+    kw = dict(augment=True, shuffle=True, seed=3, pad=4)
+    cpu = list(DeviceLoader(data.train, data, 100, device="cpu", **kw))
+    gpu = list(DeviceLoader(data.train, data, 100, device="cuda", channels_last=True, **kw))
+    assert len(cpu) == len(gpu)
+    for a, b in zip(cpu, gpu):
+        assert b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a.index, b.index.cpu()) and torch.equal(a.view, b.view.cpu())
+        assert torch.equal(a.labels, b.labels.cpu())
+        torch.testing.assert_close(a.images, b.images.cpu())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compile", [False, True])
+def test_fit_on_cuda_in_bf16_and_channels_last(data, teacher, compile):
+    import copy
+
+    teacher = copy.deepcopy(teacher)  # the module-wide one stays on the CPU
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    torch.manual_seed(1)
+    distiller = make_distiller("kd", create_model("cnn_small", num_classes=10), teacher, alpha=0.7)
+    result = fit(distiller, data, epochs=3, batch_size=64, device="cuda", precision="bf16", channels_last=True,
+                 compile=compile, teacher_cache=True)
+    assert result.precision == "bf16" and result.device.startswith("cuda")
+    assert np.isfinite(result.history.filter(like="loss_").to_numpy()).all()
+    assert result.best_val_acc > 0.5  # chance is 0.1
+    assert result.teacher_cache["hits"] + result.teacher_cache["misses"] > 0
+    for k, v in teacher.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v.cpu(), before[k]), k
