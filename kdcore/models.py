@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .airbench import AirbenchNet
 from .errors import CheckpointError, ConfigError, PretrainedUnavailableError, unknown_name
 
 _ROLES = ("teacher", "student")
@@ -357,6 +358,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               "EfficientViT-B1 (MIT), 7.5M params"),
     ModelSpec("efficientvit_b3", _tm("efficientvit_b3"), _TIMM_STAGES, "teacher", "timm",
               "EfficientViT-B3 (MIT), 46.1M params"),
+    ModelSpec("airbench", AirbenchNet, ("block1", "block2", "block3"), "teacher", "kdcore",
+              "airbench94-style CIFAR net (Keller Jordan): frozen whitening + 64/256/256 conv stages, 1.97M params"),
     ModelSpec("tiny_resnet", TinyResNet, ("layer1", "layer2", "layer3"), "teacher", "kdcore",
               "3-stage ResNet (32/64/128 × width/32), 0.31M params: a teacher trainable on CPU"),
     ModelSpec("smallmynet", SmallMyNet, _STAGES3, "student", "kdcore",

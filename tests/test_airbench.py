@@ -1,0 +1,114 @@
+"""kdcore.airbench: the airbench94-style teacher's shapes, whitening, schedule, TTA and a short training run."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdcore
+from kdcore import airbench
+from kdcore.models import FeatureHooks, count_parameters, create_model, feature_blocks
+
+
+SMALL = (16, 32, 32)  # narrow widths keep the training tests fast; the recipe does not depend on them
+
+
+@pytest.fixture(scope="module")
+def data():
+    return kdcore.load_dataset("synthetic", synthetic=dict(train_size=256, val_size=64, test_size=64))
+
+
+def test_shapes_and_parameter_count():
+    model = create_model("airbench", num_classes=10)
+    assert isinstance(model, airbench.AirbenchNet) and model.kd_spec.role == "teacher"
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # whitening bias 24; block1 24·64·9 + 64·64·9 + 2·64 BN shifts; block2 64·256·9 + 256·256·9 + 512;
+    # block3 2·256·256·9 + 512; linear 256·10 (no bias). The frozen whitening filters are a buffer.
+    assert count_parameters(model, trainable_only=False) == 24 + 50_816 + 737_792 + 1_180_160 + 2_560 == 1_971_352
+    assert count_parameters(create_model("airbench", num_classes=100)) == 1_971_352 + 256 * 90
+
+
+def test_feature_blocks_are_4d_stage_maps_of_student_sizes():
+    teacher, student = create_model("airbench"), create_model("simplenet")
+    x = torch.randn(2, 3, 32, 32)
+    with FeatureHooks(teacher, feature_blocks(teacher)) as t, FeatureHooks(student, feature_blocks(student)) as s:
+        teacher(x), student(x)
+    shapes = [tuple(f.shape) for f in t.features.values()]
+    assert shapes == [(2, 64, 16, 16), (2, 256, 8, 8), (2, 256, 4, 4)]
+    assert [f.shape[2:] for f in t.features.values()] == [f.shape[2:] for f in s.features.values()]
+
+
+def correlated_images(n: int = 64) -> torch.Tensor:
+    """Random images with correlated channels and neighbouring pixels, so whitening has work to do."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    x = torch.einsum("dc,nchw->ndhw", torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.5, 0.5, 0.7]]), x)
+    return x + 0.7 * x.roll(1, dims=3) + 0.3 * x.roll(1, dims=2)
+
+
+def test_whitening_is_frozen_and_whitens():
+    model = create_model("airbench")
+    assert "whiten.weight" in dict(model.named_buffers())
+    assert all(p is not model.whiten.weight for p in model.parameters())  # no optimiser can reach it
+    x = correlated_images()
+    airbench.init_whitening(model.whiten, x)
+    w = model.whiten.weight
+    assert torch.equal(w[12:], -w[:12])  # ± each eigenvector
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    assert (patches.T @ patches / len(patches) - torch.eye(12)).abs().max() > 0.5  # correlated before
+    y = F.conv2d(x, w[:12]).permute(0, 2, 3, 1).reshape(-1, 12)
+    # ≈ identity after (eps = 5e-4 in λ / (λ + eps) shrinks the smallest-variance directions by < 1 %)
+    torch.testing.assert_close(y.T @ y / len(y), torch.eye(12), atol=1e-2, rtol=0)
+
+
+def test_lr_schedule_is_triangular():
+    total = 100
+    factors = [airbench.lr_factor(s, total) for s in range(total + 1)]
+    assert factors[0] == pytest.approx(0.2) and max(factors) == factors[23] == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(0.07)
+    assert all(a < b for a, b in zip(factors[:23], factors[1:24]))
+    assert all(a > b for a, b in zip(factors[23:], factors[24:]))
+
+
+def test_tta_logits_are_the_weighted_mean_over_the_documented_views(data):
+    model = create_model("airbench", widths=SMALL).eval()
+    airbench.init_whitening(model.whiten, data.normalize(data.train.images))
+    images = data.test.images[:5]
+    padded = F.pad(images, (1, 1, 1, 1))  # black border, as in training
+    center, up_left, down_right = images, padded[:, :, :32, :32], padded[:, :, 2:, 2:]
+    views = [(center, 1 / 4), (center.flip(-1), 1 / 4), (up_left, 1 / 8), (up_left.flip(-1), 1 / 8),
+             (down_right, 1 / 8), (down_right.flip(-1), 1 / 8)]
+    with torch.no_grad():
+        expected = sum(w * model(data.normalize(v)) for v, w in views)
+    torch.testing.assert_close(airbench.tta_logits(model, images, data), expected, atol=1e-5, rtol=1e-5)
+    assert sum(w for *_, w in airbench.TTA_VIEWS) == pytest.approx(1.0)
+
+
+def test_train_one_short_epoch_returns_the_documented_keys(data):
+    torch.manual_seed(0)
+    model = create_model("airbench", widths=SMALL)
+    bias_before = model.whiten.bias.detach().clone()
+    result = airbench.train(model, data, epochs=1, batch_size=32, seed=0, device="cpu", progress=False)
+    assert set(result) == {"history", "val_acc", "val_acc_tta", "test_acc", "test_acc_tta", "seconds",
+                           "train_seconds", "device", "precision", "amx", "threads", "epochs", "steps",
+                           "batch_size", "seed"}
+    assert result["steps"] == 8 and len(result["history"]) == 1
+    assert set(result["history"][0]) == {"epoch", "steps", "lr", "train_loss", "train_acc", "val_acc", "seconds"}
+    assert all(0 <= result[k] <= 1 for k in ("val_acc", "val_acc_tta", "test_acc", "test_acc_tta"))
+    assert result["precision"] == ("bf16" if result["amx"] else "fp32") and result["device"] == "cpu"
+    assert result["amx"] == bool(torch.cpu._is_amx_tile_supported())
+    # the whitening filters are what the training images give (so training left them alone); its bias trained
+    expected = create_model("airbench", widths=SMALL).whiten
+    airbench.init_whitening(expected, data.normalize(data.train.images[:airbench.WHITEN_IMAGES]))
+    torch.testing.assert_close(model.whiten.weight, expected.weight, atol=0, rtol=0)
+    assert not torch.equal(model.whiten.bias, bias_before)  # kept by the lookahead update at step 5
+
+
+def test_bf16_on_request_and_bad_arguments(data):
+    model = create_model("airbench", widths=SMALL)
+    result = airbench.train(model, data, epochs=0.5, batch_size=64, device="cpu", precision="bf16", progress=False)
+    assert result["precision"] == "bf16" and result["steps"] == 2
+    with pytest.raises(kdcore.ConfigError, match="precision"):
+        airbench.train(model, data, epochs=1, batch_size=64, precision="fp16", progress=False)
+    with pytest.raises(kdcore.ConfigError, match="batch_size"):
+        airbench.train(model, data, epochs=1, batch_size=1024, progress=False)
