@@ -1,8 +1,9 @@
-# kdcore: `make test` (what CI runs), `make report PROFILE=smoke|cpu|gpu`, `make bench`.
+# kdcore: `make test` (what CI runs), `make report PROFILE=smoke|cpu|gpu [NOTEBOOKS="02 05"]`, `make bench`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?=
+NOTEBOOKS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test report bench clean
@@ -11,7 +12,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, torchvision, timm, papermill, nbconvert, sklearn" && touch $(STAMP)
+	$(PY) -c "import torch, torchvision, timm, papermill, nbconvert, sklearn, mathjax" && touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -19,10 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 report: $(STAMP)
-	$(PY) -m kdcore report $(if $(PROFILE),--profile $(PROFILE),)
+	$(PY) -m kdcore report $(if $(PROFILE),--profile $(PROFILE),) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache results/smoke
+	rm -rf $(VENV) .pytest_cache results/smoke results/.*.partial-*

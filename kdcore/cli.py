@@ -1,10 +1,11 @@
-"""`python -m kdcore train ...`: train a student (optionally distilled from a teacher) from the shell.
+"""`kdcore train ...`: train a student (optionally distilled from a teacher) from the shell.
 
 Prints the epoch lines, then the final metrics as ONE JSON line on stdout (rank 0 only).
 Runs unchanged under `torchrun --nproc_per_node N -m kdcore train ...`: with WORLD_SIZE > 1 the
 process group is initialised from the environment (gloo on CPU, nccl on CUDA, the CUDA device
-from LOCAL_RANK) and destroyed at the end. Bad input (kdcore's ConfigError, DataNotFoundError,
-CheckpointError, ...) prints one line to stderr and exits 2; a diverged loss exits 1.
+from LOCAL_RANK) and destroyed at the end. Bad input (a bad flag, kdcore's ConfigError,
+DataNotFoundError, CheckpointError, an unwritable path) prints one `error:` line to stderr and exits 2;
+a diverged loss exits 1; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
@@ -30,52 +31,76 @@ def _weights(text: str) -> dict[str, float]:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as one `error:` line (no usage block): the same shape as every other kdcore error."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default after its help (unless unset or already said); description and epilog keep their lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
+    from .distill import METHODS
+    from .models import list_models
     from .train import OPTIMIZERS, SCHEDULES
 
-    p = argparse.ArgumentParser(prog="python -m kdcore train", description=__doc__.splitlines()[0])
+    methods = ", ".join(["baseline", *sorted(METHODS)])
+    epilog = (f"teachers: {', '.join(list_models('teacher'))}\nstudents: {', '.join(list_models('student'))}\n"
+              f"methods:  {methods}; combine with + (kd+at), at:shifted pairs teacher block N with student block N-1")
+    p = Parser(prog="kdcore train", description=__doc__.split("\n\n")[0].split(": ", 1)[1], epilog=epilog,
+               formatter_class=HelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    d.add_argument("--data-root", default=None, help="data folder (default $KDCORE_DATA or ./data)")
+    d.add_argument("--data-root", default=None, help="data folder (default: $KDCORE_DATA, else ./data)")
     d.add_argument("--train-limit", type=int, default=None, help="class-balanced subset of the training split")
-    d.add_argument("--val-limit", type=int, default=None)
-    d.add_argument("--test-limit", type=int, default=None)
-    d.add_argument("--val-fraction", type=float, default=0.1)
-    d.add_argument("--image-size", type=int, default=None)
-    d.add_argument("--channels", type=int, default=None)
+    d.add_argument("--val-limit", type=int, default=None, help="class-balanced subset of the validation split")
+    d.add_argument("--test-limit", type=int, default=None, help="class-balanced subset of the test split")
+    d.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation (cifar10, imagefolder)")
+    d.add_argument("--image-size", type=int, default=None, help="resize images to SIZE x SIZE (default: as stored)")
+    d.add_argument("--channels", type=int, default=None, help="1 (gray) or 3 (RGB) (default: as stored)")
     d.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
     d.add_argument("--synthetic-size", type=int, default=2000, help="synthetic: training images (val/test: a quarter)")
-    d.add_argument("--synthetic-classes", type=int, default=10)
+    d.add_argument("--synthetic-classes", type=int, default=10, help="synthetic: number of classes")
     m = p.add_argument_group("models and method")
-    m.add_argument("--student", required=True)
-    m.add_argument("--teacher", default=None)
+    m.add_argument("--student", required=True, help="a model name (below)")
+    m.add_argument("--teacher", default=None, help="a model name (below); needed by every method but baseline")
     m.add_argument("--teacher-checkpoint", default=None, help="trained teacher weights (e.g. runs/teacher/best.pt)")
     m.add_argument("--teacher-pretrained", action="store_true", help="published ImageNet weights (torchvision/timm teachers)")
-    m.add_argument("--method", default="baseline", help="baseline, kd, dkd, hidden, fitnet, at, sp or a sum like kd+at")
-    m.add_argument("--alpha", type=float, default=0.9)
-    m.add_argument("--temperature", type=float, default=4.0)
+    m.add_argument("--method", default="baseline", help=f"one of {methods}, or a sum like kd+at")
+    m.add_argument("--alpha", type=float, default=0.9, help="kd: weight of the KD term, (1 - alpha) for cross-entropy")
+    m.add_argument("--temperature", type=float, default=4.0, help="kd, dkd: softmax temperature T")
     m.add_argument("--weights", type=_weights, default=None, help="term weights, e.g. at=500,ce=1")
-    m.add_argument("--pairing", default="aligned")
-    m.add_argument("--levels", type=int, default=None)
+    m.add_argument("--pairing", default="resolution", choices=("resolution", "shifted"),
+                   help="feature pairs: stage outputs of equal resolution, or teacher block N -> student block N-1")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--epochs", type=int, default=10, help="training epochs")
+    t.add_argument("--batch-size", type=int, default=128, help="per process under torchrun")
+    t.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     t.add_argument("--optimizer", default="sgd", help=f"one of {', '.join(OPTIMIZERS)}")
     t.add_argument("--schedule", default="cosine", help=f"one of {', '.join(SCHEDULES)}")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--warmup-epochs", type=float, default=0.0)
-    t.add_argument("--early-stopping", type=int, default=None)
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--max-steps-per-epoch", type=int, default=None)
-    t.add_argument("--teacher-cache", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    t.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up (fractions allowed)")
+    t.add_argument("--early-stopping", type=int, default=None, help="stop after N epochs without a better validation accuracy")
+    t.add_argument("--no-augment", action="store_true", help="no random crop + flip")
+    t.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick checks)")
+    t.add_argument("--teacher-cache", action="store_true", help="cache the teacher's logits per augmented view (exact)")
+    t.add_argument("--seed", type=int, default=0, help="seeds initialisation, batch order and augmentation")
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (torch.use_deterministic_algorithms)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     t.add_argument("--out-dir", default=None, help="writes best.pt, last.pt, history.csv; a rerun resumes from last.pt")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing last.pt (it is overwritten)")
-    t.add_argument("--progress", action="store_true")
+    t.add_argument("--progress", action="store_true", help="progress bars instead of one line per epoch")
     return p
 
 
@@ -110,11 +135,14 @@ def run(args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
     from .data import load_dataset
-    from .distill import make_distiller
+    from .distill import make_distiller, parse_method
     from .evaluate import evaluate
     from .models import create_model
     from .train import TrainConfig, _dist, fit
 
+    if parse_method(args.method) and not args.teacher:  # (an unknown method name is refused first)
+        raise ConfigError(f"--method {args.method} distils from a teacher: pass --teacher NAME with --teacher-checkpoint "
+                          f"PATH or --teacher-pretrained, or use --method baseline.")
     if args.teacher_checkpoint and not args.teacher:
         raise ConfigError("--teacher-checkpoint needs --teacher NAME (the architecture the weights belong to).")
     if args.method.strip().lower() != "baseline" and args.teacher and not (args.teacher_checkpoint or args.teacher_pretrained):
@@ -140,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         pretrained = args.teacher_checkpoint or bool(args.teacher_pretrained)
         teacher = create_model(args.teacher, num_classes=data.num_classes, in_channels=data.in_channels, pretrained=pretrained)
     distiller = make_distiller(args.method, student, teacher, alpha=args.alpha, temperature=args.temperature,
-                               weights=args.weights, pairing=args.pairing, levels=args.levels)
+                               weights=args.weights, pairing=args.pairing)
     result = fit(distiller, data, cfg, out_dir=args.out_dir, resume=not args.no_resume)
     rank, world = _dist()
     test = evaluate(student, data, "test", device=result.device)
@@ -175,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
-    except KDError as err:  # bad input: one clear line, no traceback
+    except (KDError, OSError) as err:  # bad input or an unwritable path: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
     finally:
         if initialised:
             import torch.distributed as dist

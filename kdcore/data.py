@@ -8,10 +8,12 @@ output cache possible (see kdcore.cache).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,15 +188,21 @@ def _source_key(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _decode(data: bytes | Path, size: tuple[int, int] | None, channels: int | None) -> np.ndarray:
+def _decode(data: bytes | Path, size: tuple[int, int] | None, channels: int | None, name: str | None = None) -> np.ndarray:
+    """One image file (a path, or bytes named `name`) as uint8 (H, W, C); a corrupt file is one ConfigError naming it."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-        mode = {1: "L", 3: "RGB"}.get(channels, "RGB" if im.mode not in ("L", "I", "I;16", "1") else "L")
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            mode = {1: "L", 3: "RGB"}.get(channels, "RGB" if im.mode not in ("L", "I", "I;16", "1") else "L")
+            im = im.convert(mode)
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ValueError ... on bad files
+        reason = (str(err).splitlines() or [""])[0]
+        raise ConfigError(f"Cannot read image {name or data}: {type(err).__name__}: {reason}. "
+                          f"Delete or replace that file.") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -240,7 +248,8 @@ def _decode_tar(tar_path: Path, prefix_to_split: dict[str, str], size, channels)
             for prefix, split in prefix_to_split.items():
                 pp = Path(prefix).parts
                 if parts[:len(pp)] == pp and len(parts) == len(pp) + 2:
-                    found[split].append((parts[-2], _decode(tar.extractfile(m).read(), size, channels)))
+                    image = _decode(tar.extractfile(m).read(), size, channels, name=f"{m.name} in {tar_path}")
+                    found[split].append((parts[-2], image))
     out = {}
     for split, rows in found.items():
         if not rows:
@@ -252,6 +261,32 @@ def _decode_tar(tar_path: Path, prefix_to_split: dict[str, str], size, channels)
 
 
 # --------------------------------------------------------------------------- datasets
+def _download(root: Path, dataset: str) -> str | None:
+    """torchvision.datasets.<dataset>(root, download=True): None when it worked, else why not (for the error).
+
+    A failed download (offline, interrupted) leaves nothing behind: the files and folders it created under
+    `root`, and `root` itself and its parents when it created them, are removed.
+    """
+    created = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
+    before = set(root.iterdir()) if root.is_dir() else set()
+    try:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, dataset)(root, download=True)
+        return None
+    except Exception as err:
+        for p in (set(root.iterdir()) if root.is_dir() else set()) - before:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        for d in created:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                d.rmdir()
+        message = (str(err).splitlines() or [""])[0]
+        return f" (download failed: {type(err).__name__}{': ' + message if message else ''})"
+
+
 def _cifar10(root: Path, download: bool) -> tuple[dict[str, Split], str]:
     """CIFAR-10 train/test from torchvision's format, an image folder, or the JPEG tarball."""
     if (root / "cifar-10-batches-py").is_dir():
@@ -272,22 +307,14 @@ def _cifar10(root: Path, download: bool) -> tuple[dict[str, Split], str]:
             d = _decode_tar(tar, {"cifar10-jpg/train": "train", "cifar10-jpg/test": "test"}, (32, 32), 3)
             return {s: split for s, (_, split) in d.items()}
         return _cached(f"cifar10-tar-{_source_key(tar)}", build), f"tarball {tar}"
-    if download:
-        try:
-            from torchvision.datasets import CIFAR10
-
-            CIFAR10(root, download=True)
-            return _cifar10(root, download=False)
-        except Exception as err:  # offline: fall through to the clear error below
-            for partial in root.glob("cifar-10-python.tar.gz*"):
-                partial.unlink(missing_ok=True)
-            reason = f" (download failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    else:
-        reason = ""
+    reason = _download(root, "CIFAR10") if download else ""
+    if reason is None:
+        return _cifar10(root, download=False)
     raise DataNotFoundError(
         f"CIFAR-10 not found under data root {root.resolve()}{reason}. Put one of these there: "
         f"torchvision's 'cifar-10-batches-py/' folder; 'cifar10-jpg/train/<class>/*.jpg' + 'cifar10-jpg/test/<class>/*.jpg'; "
-        f"or the tarball 'cifar10-jpg.tar.gz'. Or point the data root at them: data_root=... or KDCORE_DATA=/path.")
+        f"or the tarball 'cifar10-jpg.tar.gz'. Or point kdcore at them: KDCORE_DATA=/path (environment), "
+        f"--data-root PATH (kdcore train) or data_root=... (notebook parameter).")
 
 
 def _eurosat(root: Path, download: bool) -> tuple[Split, str]:
@@ -299,20 +326,14 @@ def _eurosat(root: Path, download: bool) -> tuple[Split, str]:
     if tar.is_file():
         build = lambda: _decode_tar(tar, {"eurosat/2750": "all"}, (64, 64), 3)["all"][1]  # noqa: E731
         return _cached(f"eurosat-tar-{_source_key(tar)}", build), f"tarball {tar}"
-    if download:
-        try:
-            from torchvision.datasets import EuroSAT
-
-            EuroSAT(root, download=True)
-            return _eurosat(root, download=False)
-        except Exception as err:
-            reason = f" (download failed: {type(err).__name__})"
-    else:
-        reason = ""
+    reason = _download(root, "EuroSAT") if download else ""
+    if reason is None:
+        return _eurosat(root, download=False)
     raise DataNotFoundError(
         f"EuroSAT not found under data root {root.resolve()}{reason}. Put torchvision's layout "
         f"'eurosat/2750/<Class>/*.jpg' or the tarball 'eurosat-rgb.tar.gz' there, "
-        f"or point the data root at them: data_root=... or KDCORE_DATA=/path.")
+        f"or point kdcore at them: KDCORE_DATA=/path (environment), --data-root PATH (kdcore train) "
+        f"or data_root=... (notebook parameter).")
 
 
 EUROSAT_CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",

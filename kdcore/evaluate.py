@@ -2,10 +2,13 @@
 
 Quality: accuracy, macro precision / recall / F1, per-class report and confusion matrix
 (scikit-learn). Efficiency: trainable parameters, size in MB, FLOPs (torch.utils.flop_counter),
-CPU latency (torch.utils.benchmark, median, thread count reported), GPU latency and throughput
-when CUDA is present.
+CPU latency (median of interleaved repeats, thread count reported; see latency_ms), GPU latency and
+throughput when CUDA is present.
 """
 from __future__ import annotations
+
+import time
+from copy import deepcopy
 
 import numpy as np
 import pandas as pd
@@ -66,25 +69,43 @@ def flops(model: nn.Module, input_shape: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, threads: int | None = None,
-                   min_run_time: float = 1.0) -> dict:
-    """Median CPU latency of one forward at `batch_size`, measured by torch.utils.benchmark."""
-    from copy import deepcopy
+def latency_ms(models: dict[str, nn.Module], input_shape: tuple[int, ...], repeats: int = 20,
+               min_run_time: float = 0.5, warmup: int = 3, threads: int | None = None) -> dict[str, dict]:
+    """Median CPU latency of one forward at batch 1 for several models, measured interleaved.
 
-    from torch.utils import benchmark
-
+    Why interleaved: on a shared CPU the load changes from second to second, so models timed one after the
+    other get different machines. Here every round runs each model once (in a rotating order) until at least
+    `repeats` rounds and `min_run_time` seconds have passed, after `warmup` untimed calls each; a load spike
+    then hits all models alike. Returns {name: {"latency_ms": median, "threads": torch CPU threads used}}.
+    """
+    if not models:
+        return {}
     threads = threads or torch.get_num_threads()
-    m = deepcopy(model).cpu().float().eval()
-    x = torch.randn(batch_size, *input_shape[-3:])
-    timer = benchmark.Timer("with torch.no_grad(): m(x)", globals={"m": m, "x": x, "torch": torch}, num_threads=threads)
-    result = timer.blocked_autorange(min_run_time=min_run_time)
-    return {"cpu_latency_ms": result.median * 1e3, "cpu_threads": threads, "cpu_batch": batch_size}
+    copies = {name: deepcopy(m).cpu().float().eval() for name, m in models.items()}
+    names = list(copies)
+    x = torch.randn(1, *input_shape[-3:])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for name in names:
+                for _ in range(warmup):
+                    copies[name](x)
+            start, rounds = time.perf_counter(), 0
+            while rounds < repeats or time.perf_counter() - start < min_run_time:
+                for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+                    t0 = time.perf_counter()
+                    copies[name](x)
+                    times[name].append(time.perf_counter() - t0)
+                rounds += 1
+    finally:
+        torch.set_num_threads(previous)
+    return {name: {"latency_ms": float(np.median(t)) * 1e3, "threads": threads} for name, t in times.items()}
 
 
 def gpu_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 256, iters: int = 50) -> dict:
     """Median CUDA latency (batch 1) and bf16 throughput (images/s at `batch_size`) with CUDA events."""
-    from copy import deepcopy
-
     m = deepcopy(model).cuda().eval().to(memory_format=torch.channels_last)
     out = {}
     for name, bs in (("gpu_latency_ms", 1), ("gpu_batch_ms", batch_size)):
@@ -109,7 +130,8 @@ def efficiency(model: nn.Module, input_shape: tuple[int, ...], cpu_threads: int 
     """Parameters (all, and trainable: a frozen teacher has none), MB, GFLOPs and latency for inputs (C, H, W)."""
     stats = {"params": count_parameters(model, trainable_only=False), "trainable_params": count_parameters(model),
              "size_mb": size_mb(model), "gflops": flops(model, input_shape)}
-    stats.update(cpu_latency_ms(model, input_shape, threads=cpu_threads, min_run_time=min_run_time))
+    cpu = latency_ms({"model": model}, input_shape, min_run_time=min_run_time, threads=cpu_threads)["model"]
+    stats.update(cpu_latency_ms=cpu["latency_ms"], cpu_threads=cpu["threads"])
     if torch.cuda.is_available():
         stats.update(gpu_latency(model, input_shape))
     return stats

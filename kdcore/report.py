@@ -1,34 +1,59 @@
-"""`python -m kdcore report`: run the notebooks with papermill, render HTML pages and a leaderboard.
+"""`kdcore report`: run the notebooks with papermill, render HTML pages and a leaderboard.
 
-    python -m kdcore report [--profile smoke|cpu|gpu] [--notebooks 01 02 ...] [--show-code] [--out results]
-                            [--param key=value ...]
+    kdcore report [--profile smoke|cpu|gpu] [--notebooks 01 02 ...] [--show-code] [--out results]
+                  [--param key=value ...]
 
-Writes results/<profile>/<nb>.ipynb (executed), <nb>.html (code hidden unless --show-code), <nb>.json
-(written by the notebook), index.html, leaderboard.csv and leaderboard.md. A failing notebook does not
-stop the others; it is marked failed in the index and the exit code is 1. Bad arguments (unknown
-profile, notebook or parameter name) raise ConfigError before anything runs.
+A run never writes into the published folder <out>/<profile>/ while notebooks run: they run in a fresh
+hidden folder next to it (<out>/.<profile>.partial-XXXX/), and only when all have run are their pages moved
+into the published folder. A notebook that ran replaces its own <nb>.ipynb, .html and .json; one that failed
+keeps its last good pages and gets <nb>.failed.html (+ .ipynb) beside them. The index and leaderboard are
+rebuilt from every JSON in the published folder, so a partial run (--notebooks 02) keeps the other rows.
+Ctrl-C interrupts the running kernel, removes the hidden folder and leaves the published one as it was.
+Bad arguments (unknown profile, notebook or parameter name, a value of the wrong type) are refused with one
+`error:` line before anything runs. Exit status: 0 all ran, 1 a notebook failed, 2 bad arguments, 130 Ctrl-C.
 """
 from __future__ import annotations
 
-import argparse
 import ast
+import contextlib
 import html
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import profiles as _profiles
-from .errors import ConfigError, unknown_name
 from .data import atomic_write_text
-from .experiments import REPO_ROOT
+from .errors import ConfigError, unknown_name
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+SET_BY_REPORT = {"profile": "--profile", "results_dir": "--out"}  # parameters the report sets itself
+# Lines of the kernel's stdout shown while a notebook runs (what kdcore.train and kdcore.experiments print).
+PROGRESS_LINE = re.compile(r"^(epoch +\d+/\d+ |teacher \S+: (training|test accuracy)|.+ seed \d+: test_acc=)")
+MATHJAX = "tex-svg-full.js"  # MathJax 3, one self-contained file (SVG glyphs, no web fonts), from django-static-mathjax
+MATHJAX_CDN = f"https://cdn.jsdelivr.net/npm/mathjax@3/es5/{MATHJAX}"
+# The lab template, offline: MathJax 3 from ./_static instead of nbconvert's MathJax 2 from a CDN, and without
+# require.js and mermaid (loaded from CDNs, used by nothing here).
+PAGE_TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\(', '\\)']], processEscapes: true}};</script>
+<script defer src="{{ resources.mathjax_url }}"></script>
+{%- endblock html_head_js_mathjax -%}
+"""
 
 
 @dataclass
@@ -40,6 +65,7 @@ class Plan:
     parameters: dict[str, dict] = field(default_factory=dict)  # notebook -> papermill parameters
 
 
+# --------------------------------------------------------------------------- arguments
 def parse_value(text: str):
     """'3' -> 3, '[0, 1]' -> [0, 1], 'true' -> True, 'none' -> None, anything else -> the string."""
     low = text.strip().lower()
@@ -55,11 +81,43 @@ def parse_value(text: str):
     return text
 
 
-def notebook_parameters(nb: str) -> list[str]:
-    """Names in the notebook's `parameters` cell (papermill.inspect_notebook)."""
+def notebook_parameters(nb: str) -> dict[str, dict]:
+    """The notebook's `parameters` cell: {name: {default (source text), inferred_type_name, help}}."""
     import papermill
 
-    return list(papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb")))
+    return dict(papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb")))
+
+
+TYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "None": type(None)}
+
+
+def allowed_types(nb: str, name: str, info: dict) -> set[type]:
+    """Types `name` may take in `nb`: its annotation's, its default's, and its value's in every profile.
+
+    An empty set means anything goes (no default or profile fixes a type). NoneType is in the set when a
+    default or a profile leaves the parameter None.
+    """
+    annotation = info.get("inferred_type_name") or "None"  # papermill's "None" means: not annotated
+    types = set() if annotation == "None" else {TYPE_NAMES[t.strip()] for t in annotation.split("|") if t.strip() in TYPE_NAMES}
+    with contextlib.suppress(ValueError, SyntaxError):
+        types.add(type(ast.literal_eval(info.get("default", ""))))
+    for profile in _profiles.PROFILES:
+        params = _profiles.params_for(profile, nb)
+        if name in params:
+            types.add(type(params[name]))
+    return set() if types <= {type(None)} else types
+
+
+def check_type(name: str, raw: str, value, types: set[type]):
+    """`value` (parsed from --param name=raw) as one of `types`, or ConfigError; an int is a valid float."""
+    if not types or type(value) in types:
+        return value
+    if type(value) is int and float in types:
+        return float(value)
+    if str in types and value is not None:
+        return raw  # e.g. a model name that happens to look like a number
+    kinds = " or ".join(sorted(t.__name__ for t in types if t is not type(None)) + ["None"] * (type(None) in types))
+    raise ConfigError(f"--param {name}={raw}: {name} takes {kinds}, not {type(value).__name__} {value!r}.")
 
 
 def select_notebooks(names: list[str] | None) -> list[str]:
@@ -77,31 +135,39 @@ def select_notebooks(names: list[str] | None) -> list[str]:
 def make_plan(profile: str | None, notebooks: list[str] | None, out: str | os.PathLike, show_code: bool = False,
               params: list[str] | None = None) -> Plan:
     """Validate everything and build each notebook's parameters; raises ConfigError, runs nothing."""
-    if profile is None:
-        profile = _profiles.default_profile()
+    profile = profile or _profiles.default_profile()  # says which, and how to choose (shell syntax)
     _profiles.check_profile(profile)
     chosen = select_notebooks(notebooks)
-    overrides = {}
+    raw = {}
     for item in params or []:
         if "=" not in item:
-            raise ConfigError(f"--param expects key=value, got {item!r}.")
+            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}.")
         k, v = item.split("=", 1)
-        overrides[k.strip()] = parse_value(v)
+        raw[k.strip()] = v
     valid = {nb: notebook_parameters(nb) for nb in chosen}
-    all_valid = sorted(set().union(*valid.values()))
-    for k in overrides:
+    for nb, names in valid.items():
+        if missing := sorted(set(SET_BY_REPORT) - set(names)):
+            raise ConfigError(f"notebooks/{nb}.ipynb has no {' or '.join(missing)} parameter; the report needs it.")
+    all_valid = sorted(set().union(*valid.values()) - set(SET_BY_REPORT))
+    for k in raw:
+        if k in SET_BY_REPORT:
+            raise ConfigError(f"--param {k}=... is set by the report; use {SET_BY_REPORT[k]} instead.")
         if k not in all_valid:
             raise unknown_name("parameter", k, all_valid)
-    out = Path(out).resolve()
-    plan = Plan(profile, chosen, out, show_code)
+    plan = Plan(profile, chosen, Path(out).resolve(), show_code)
     for nb in chosen:
         p = {k: v for k, v in _profiles.params_for(profile, nb).items() if k in valid[nb]}
-        p.update({k: v for k, v in overrides.items() if k in valid[nb]})
-        p.update(profile=profile, results_dir=str(out), progress=False)
+        for k, text in raw.items():
+            if k in valid[nb]:
+                p[k] = check_type(k, text, parse_value(text), allowed_types(nb, k, valid[nb][k]))
+        p["profile"] = profile
+        if "progress" in valid[nb]:
+            p["progress"] = False  # tqdm bars do not belong in a log or an HTML page
         plan.parameters[nb] = p
     return plan
 
 
+# --------------------------------------------------------------------------- running one notebook
 def ensure_kernelspec(name: str = "python3") -> None:
     """Make sure a `python3` kernel exists; install one for this interpreter into sys.prefix if not."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -119,33 +185,121 @@ def _last_line(err: BaseException) -> str:
     return f"{ename}: {line}"[:400]
 
 
+class ProgressLines:
+    """papermill's stdout_file: prints the kernel's progress lines (PROGRESS_LINE), indented, as they arrive."""
+
+    def __init__(self, indent: str = "      "):
+        self.indent, self.pending = indent, ""
+
+    def write(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if PROGRESS_LINE.match(line.strip()):
+                print(self.indent + line.strip(), flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        """nbclient's kernel manager, remembered so that the main thread can interrupt its kernel on Ctrl-C."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            KernelManager.current = self
+
+    KernelManager.current = None
+    return KernelManager
+
+
+def _signal_kernel(km, signum: int) -> None:
+    """Send `signum` to the kernel's process group (it runs in its own session: a terminal's Ctrl-C misses it)."""
+    pgid = getattr(getattr(km, "provisioner", None), "pgid", None)
+    if pgid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signum)
+
+
+def execute(nb: str, output: Path, params: dict) -> None:
+    """papermill.execute_notebook in a worker thread, streaming progress lines.
+
+    Why a thread: in the main thread nbclient replaces Python's SIGINT handler with its own, which shuts the
+    kernel down and lets the report go on as if the notebook had crashed. Here Ctrl-C raises KeyboardInterrupt
+    in the main thread; the kernel is interrupted like Jupyter's stop button does (so its `finally` blocks
+    remove temporary files), nbclient shuts it down, and KeyboardInterrupt propagates.
+    """
+    import papermill
+
+    manager, failure = _kernel_manager_class(), []
+
+    def work():
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(output), parameters=params, kernel_name="python3",
+                cwd=str(REPO_ROOT), progress_bar=False, stdout_file=ProgressLines(), kernel_manager_class=manager,
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # its log is noise here (TCP warning, ...)
+        except BaseException as err:  # handed to the main thread
+            failure.append(err)
+
+    worker = threading.Thread(target=work, name=f"papermill {nb}", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        deadline, sent = time.monotonic() + 60, 0.0
+        while worker.is_alive():
+            if time.monotonic() > deadline:
+                _signal_kernel(manager.current, signal.SIGKILL)
+            elif time.monotonic() - sent > 5:  # again if it was between cells or not yet started
+                _signal_kernel(manager.current, signal.SIGINT)
+                sent = time.monotonic()
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C does not skip the clean-up
+                worker.join(0.5)
+        raise
+    if failure:
+        raise failure[0]
+
+
 def render_html(ipynb: Path, html_path: Path, show_code: bool) -> None:
+    """HTML page of an executed notebook, formulas typeset by the MathJax copy in ../_static/ (works offline)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"kdcore.html.j2": PAGE_TEMPLATE})], template_file="kdcore.html.j2",
+                            mathjax_url=f"_static/{MATHJAX}" if mathjax_source() else MATHJAX_CDN,
+                            exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(ipynb, as_version=4))
     atomic_write_text(body, html_path)
 
 
-def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
-    import papermill
+def mathjax_source() -> Path | None:
+    """MathJax as shipped by the django-static-mathjax wheel (plain static files, no Django needed), if installed."""
+    import importlib.util
 
+    spec = importlib.util.find_spec("mathjax")
+    path = Path(spec.origin).parent / "static" / "mathjax" / "es5" / MATHJAX if spec and spec.origin else None
+    return path if path and path.is_file() else None
+
+
+def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
+    """Execute `nb` into out_dir (<nb>.ipynb, .html and, written by the notebook, .json); returns its status."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    final, tmp = out_dir / f"{nb}.ipynb", out_dir / f".tmp-{nb}-{os.getpid()}.ipynb"
-    (out_dir / f"{nb}.json").unlink(missing_ok=True)  # a stale JSON must not pass for this run's result
+    ipynb = out_dir / f"{nb}.ipynb"
     status = {"notebook": nb, "status": "ok", "error": "", "seconds": 0.0}
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{nb}.ipynb"), str(tmp), parameters=params, kernel_name="python3",
-                                   cwd=str(REPO_ROOT), progress_bar=False, log_output=False)
+        execute(nb, ipynb, params)
     except Exception as err:  # keep going: the next notebooks still run
         status.update(status="failed", error=_last_line(err))
     status["seconds"] = round(time.perf_counter() - t0, 1)
-    if tmp.exists():
-        os.replace(tmp, final)
+    if ipynb.exists():
         try:
-            render_html(final, out_dir / f"{nb}.html", show_code)
+            render_html(ipynb, out_dir / f"{nb}.html", show_code)
         except Exception as err:
             status.update(status="failed", error=status["error"] or f"HTML rendering: {_last_line(err)}")
     elif status["status"] == "ok":
@@ -155,96 +309,192 @@ def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
     return status
 
 
+# --------------------------------------------------------------------------- publishing
+@contextlib.contextmanager
+def sigint_ignored():
+    """Ctrl-C is ignored while the published folder is updated (a few renames): it is never left half-updated."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def publish(stage: Path, published: Path, statuses: list[dict]) -> None:
+    """Move this run's pages from the stage folder into the published one (same file system: renames).
+
+    A notebook that ran replaces its .ipynb/.html/.json and loses an old .failed page; one that failed keeps its
+    last good pages and gets <nb>.failed.ipynb/.html.
+    """
+    published.mkdir(parents=True, exist_ok=True)
+    for s in statuses:
+        nb, ok = s["notebook"], s["status"] == "ok"
+        for ext in ("ipynb", "html", "json"):
+            src = stage / f"{nb}.{ext}"
+            if ok and src.exists():
+                os.replace(src, published / f"{nb}.{ext}")
+                (published / f"{nb}.failed.{ext}").unlink(missing_ok=True)
+            elif not ok and src.exists() and ext != "json":
+                os.replace(src, published / f"{nb}.failed.{ext}")
+    source = mathjax_source()
+    target = published / "_static" / MATHJAX
+    if source and (not target.exists() or target.read_bytes() != source.read_bytes()):
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(source, target.with_name(f".{MATHJAX}.tmp"))
+        os.replace(target.with_name(f".{MATHJAX}.tmp"), target)
+
+
 # --------------------------------------------------------------------------- index + leaderboard
-def leaderboard(out_dir: Path, notebooks: list[str]) -> tuple[pd.DataFrame, dict]:
-    rows, infos = [], {}
-    for nb in notebooks:
-        path = out_dir / f"{nb}.json"
-        if not path.exists():
-            continue
-        res = json.loads(path.read_text())
-        infos[nb] = res.get("run_info", {})
+def load_results(folder: Path) -> dict[str, dict]:
+    """{notebook: its results JSON} for every notebook with a JSON in `folder`, in notebook order."""
+    return {nb: json.loads((folder / f"{nb}.json").read_text()) for nb in _profiles.NOTEBOOKS
+            if (folder / f"{nb}.json").exists()}
+
+
+def leaderboard(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per (notebook, method): the raw numbers (also written as leaderboard.csv)."""
+    rows = []
+    for nb, res in results.items():
         t = res.get("teacher") or {}
         for m in res.get("metrics", []):
-            rows.append({"notebook": nb, "method": m["method"], "test_acc": m["test_acc"], "macro_f1": m["test_f1"],
-                         "acc_mean": m["test_acc_mean"], "acc_std": m["test_acc_std"], "f1_mean": m["test_f1_mean"],
-                         "n": m["n"], "delta_acc": m.get("delta_acc"), "gain_beyond_seed_spread": m.get("clear_gain"),
+            rows.append({"notebook": nb, "method": m["method"], "is_baseline": m.get("is_baseline", False),
+                         "test_acc": m["test_acc"], "macro_f1": m["test_f1"], "acc_mean": m["test_acc_mean"],
+                         "acc_std": m["test_acc_std"], "f1_mean": m["test_f1_mean"], "n": m["n"],
+                         "delta_acc": m.get("delta_acc"), "delta_ci_low": m.get("delta_ci_low"),
+                         "delta_ci_high": m.get("delta_ci_high"), "significant": m.get("significant"),
+                         "clear_gain": m.get("clear_gain"),  # results written before the paired comparison
                          "teacher": t.get("name"), "teacher_acc": t.get("test_acc"), "params": m.get("params"),
-                         "size_mb": m.get("size_mb"), "latency_ms": m.get("latency_ms"),
+                         "size_mb": m.get("size_mb"), "latency_ms": m.get("latency_ms"), "threads": m.get("threads"),
                          "seconds_per_run": m.get("seconds_per_run"), "page": f"{nb}.html"})
-    return pd.DataFrame(rows), infos
+    return pd.DataFrame(rows)
 
 
-def _fmt(v, digits=4):
-    if v is None or (isinstance(v, float) and v != v):
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def cell(v, spec: str = "") -> str:
+    """A table cell for reading: '–' when missing, yes/no for booleans, numbers by `spec` ('.4f', ',', ...)."""
+    if _missing(v):
         return "–"
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:+.{digits}f}" if digits == -1 else f"{v:.{digits}f}"
-    return str(v)
+    return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
-def _display_rows(board: pd.DataFrame) -> list[dict]:
-    out = []
-    for _, r in board.iterrows():
-        out.append({"notebook": r["notebook"], "method": r["method"], "test acc": r["test_acc"], "macro-F1": r["macro_f1"],
-                    "Δ acc vs baseline": "–" if pd.isna(r["delta_acc"]) else f"{r['delta_acc']:+.4f}",
-                    "gain > seed spread": _fmt(bool(r["gain_beyond_seed_spread"])) if r["delta_acc"] == r["delta_acc"] else "–",
-                    "teacher acc": _fmt(r["teacher_acc"]), "params": _fmt(r["params"]),
-                    "MB": _fmt(r["size_mb"], 3), "latency ms": _fmt(r["latency_ms"], 2),
-                    "s/run": _fmt(r["seconds_per_run"], 1)})
-    return out
+def _gain(r: dict) -> str:
+    """'+0.0123 [+0.0040, +0.0206]' (the paired 95 % interval), just the mean without one, 'baseline', or '–'."""
+    if r["is_baseline"]:
+        return "baseline"
+    if _missing(r["delta_acc"]):
+        return "–"
+    if _missing(r["delta_ci_low"]):
+        return f"{r['delta_acc']:+.4f}"
+    return f"{r['delta_acc']:+.4f} [{r['delta_ci_low']:+.4f}, {r['delta_ci_high']:+.4f}]"
+
+
+def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
+    """The leaderboard as strings: 4-digit accuracies, yes/no, '–' for what is missing."""
+    return [{"notebook": r["notebook"], "method": r["method"], "test acc": r["test_acc"], "macro-F1": r["macro_f1"],
+             "Δ acc vs baseline [95 % CI]": _gain(r),
+             "significant": "–" if r["is_baseline"] else cell(r["significant"]),
+             "teacher acc": cell(r["teacher_acc"], ".4f"), "params": cell(r["params"], ",.0f"),
+             "MB": cell(r["size_mb"], ".3f"), "latency ms": cell(r["latency_ms"], ".2f"),
+             "threads": cell(r["threads"], ".0f"), "s/run": cell(r["seconds_per_run"], ".1f")}
+            for r in board.astype(object).to_dict("records")]
 
 
 def write_markdown(board: pd.DataFrame, path: Path) -> None:
-    rows = _display_rows(board)
+    rows = display_rows(board)
     if not rows:
         atomic_write_text("(no results)\n", path)
         return
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
-def write_index(plan: Plan, statuses: list[dict], board: pd.DataFrame, infos: dict, started: str, seconds: float) -> Path:
-    out_dir = plan.out / plan.profile
+def failure_line(ipynb: Path) -> str:
+    """'ename: last line of evalue' of the first error output in an executed notebook ('' if none)."""
+    import nbformat
+
+    with contextlib.suppress(Exception):
+        for c in nbformat.read(ipynb, as_version=4).cells:
+            for o in c.get("outputs", []):
+                if o.get("output_type") == "error":
+                    return f"{o['ename']}: {(o['evalue'].strip().splitlines() or [''])[-1]}"[:400]
+    return ""
+
+
+def notebook_rows(folder: Path, results: dict[str, dict], this_run: list[dict]) -> list[dict]:
+    """Status of every notebook of the profile as the published folder shows it, this run's notes on top."""
+    ran = {s["notebook"]: s for s in this_run}
+    rows = []
+    for nb in _profiles.NOTEBOOKS:
+        info = results.get(nb, {}).get("run_info", {})
+        s = ran.get(nb, {})
+        failed = (folder / f"{nb}.failed.html").exists() or s.get("status") == "failed"
+        rows.append({"notebook": nb, "page": f"{nb}.html" if (folder / f"{nb}.html").exists() else None,
+                     "status": "failed" if failed else "ok" if nb in results else "not run",
+                     "failed_page": f"{nb}.failed.html" if (folder / f"{nb}.failed.html").exists() else None, "this_run": nb in ran,
+                     "results_from": (info.get("timestamp") or "")[:16].replace("T", " ") or None,
+                     "seconds": info.get("seconds"),
+                     "device": info.get("device"), "scaling": info.get("scaling"),
+                     "error": s.get("error") or failure_line(folder / f"{nb}.failed.ipynb")})
+    return rows
+
+
+def write_index(folder: Path, profile: str, this_run: list[dict], seconds: float) -> Path:
+    """index.html, leaderboard.csv and leaderboard.md from every JSON in the published folder."""
     e = html.escape
-    any_info = next(iter(infos.values()), {})
-    data_lines = "".join(
-        f"<li><b>{e(nb)}</b>: {e(str((i.get('dataset') or {}).get('name')))} from {e(str((i.get('dataset') or {}).get('source')))} "
-        f"— {e(json.dumps({k: (i.get('dataset') or {}).get(k) for k in ('train', 'val', 'test', 'image_size')}))}, "
-        f"epochs {e(str(i.get('epochs')))}, teacher epochs {e(str(i.get('teacher_epochs')))}, seeds {e(str(i.get('seeds')))}</li>"
-        for nb, i in infos.items())
-    status_rows = "".join(
-        f"<tr class='{s['status']}'><td><a href='{e(s['notebook'])}.html'>{e(s['notebook'])}</a></td>"
-        f"<td>{e(s['status'])}</td><td>{s['seconds']:.0f}</td><td>{e(s['error'])}</td></tr>" for s in statuses)
-    board_rows = ""
-    for r, raw in zip(_display_rows(board), board.to_dict("records")):
-        cells = "".join(f"<td>{e(str(v))}</td>" for k, v in r.items() if k != "notebook")
-        board_rows += f"<tr><td><a href='{e(raw['page'])}'>{e(r['notebook'])}</a></td>{cells}</tr>"
-    header = "".join(f"<th>{e(c)}</th>" for c in (_display_rows(board)[0] if len(board) else {"notebook": 0}))
-    failed = [s["notebook"] for s in statuses if s["status"] != "ok"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kdcore report · {e(plan.profile)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 7px;text-align:left}} tr.failed td{{background:#fdd}} th{{background:#eee}}</style>
+    results = load_results(folder)
+    board = leaderboard(results)
+    atomic_write_text(board.to_csv(index=False), folder / "leaderboard.csv")
+    write_markdown(board, folder / "leaderboard.md")
+
+    def link(href, text):
+        return f"<a href='{e(href)}'>{e(text)}</a>" if href else e(text)
+
+    nb_rows = notebook_rows(folder, results, this_run)
+    status_html = "".join(
+        f"<tr class='{r['status'].replace(' ', '-')}'><td>{link(r['page'], r['notebook'])}</td>"
+        f"<td>{link(r['failed_page'], r['status'])}</td><td>{cell(r['this_run'])}</td><td>{e(cell(r['results_from']))}</td>"
+        f"<td>{cell(r['seconds'], '.0f')}</td><td>{e(cell(r['device']))}</td><td>{e(r['error'])}</td></tr>"
+        for r in nb_rows)
+    shown = display_rows(board)
+    header = "".join(f"<th>{e(c)}</th>" for c in (shown[0] if shown else ["notebook"]))
+    board_html = "".join(
+        f"<tr><td>{link(raw['page'], r['notebook'])}</td>" + "".join(f"<td>{e(v)}</td>" for k, v in r.items() if k != "notebook")
+        + "</tr>" for r, raw in zip(shown, board.to_dict("records")))
+    same_scaling: dict[str, list[str]] = {}  # text -> notebooks, each text once
+    for r in nb_rows:
+        if r["scaling"]:
+            same_scaling.setdefault(r["scaling"], []).append(r["notebook"])
+    scaling = "".join(f"<li><b>{e(', '.join(nbs))}</b>: {e(text)}</li>" for text, nbs in same_scaling.items())
+    failed = [r["notebook"] for r in nb_rows if r["status"] == "failed"]
+    ran = ", ".join(s["notebook"] for s in this_run)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kdcore report · {e(profile)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 7px;text-align:left}} tr.failed td{{background:#fdd}} th{{background:#eee}}
+tr.not-run td{{color:#888}}</style>
 </head><body>
-<h1>kdcore report — profile <code>{e(plan.profile)}</code></h1>
-<p><b>{'All notebooks ran.' if not failed else 'FAILED: ' + e(', '.join(failed))}</b></p>
-<p>Started {e(started)}, {seconds:.0f} s in all, on {e(str(any_info.get('host', '')))}: device {e(str(any_info.get('device', '')))},
-torch {e(str(any_info.get('torch', '')))}, Python {e(str(any_info.get('python', '')))}.</p>
-<p>Scaling of this profile: {e(_profiles.SCALING.get(plan.profile, ''))}</p>
-<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>seconds</th><th>error (last line)</th></tr>{status_rows}</table>
+<h1>kdcore report — profile <code>{e(profile)}</code></h1>
+<p><b>{'FAILED in their latest run: ' + e(', '.join(failed)) if failed else 'Every notebook with results ran successfully.'}</b></p>
+<p>This run: {e(ran)} ({seconds:.0f} s). Other rows are from earlier runs, as their “results from” column says.</p>
+<h2>Notebooks</h2>
+<table><tr><th>notebook</th><th>latest run</th><th>in this run</th><th>results from</th><th>seconds</th><th>device</th>
+<th>error (last line)</th></tr>{status_html}</table>
 <h2>Leaderboard</h2>
-<p>Student test accuracy and macro-F1 as mean ± std over seeds (n); Δ is against the notebook's baseline student;
-"gain &gt; seed spread" means Δ exceeds std(method) + std(baseline) with n ≥ 2 each. Checkpoints were chosen on the
-validation split; the test split was used once per run.</p>
-<table><tr>{header}</tr>{board_rows}</table>
-<h2>Data</h2><ul>{data_lines}</ul>
+<p>Student test accuracy and macro-F1 as mean ± std over seeds (n). Δ is the mean gain over the notebook's baseline
+student (same architecture, same seeds) with its paired 95 % t interval; “significant” means the interval excludes 0
+(– with one seed, or for another architecture). Checkpoints were chosen on the validation split; the test split was
+used once per run. Latency: CPU, batch 1, median of interleaved repeats, with the thread count used.</p>
+<table><tr>{header}</tr>{board_html}</table>
+<h2>Scaling</h2><ul>{scaling}</ul>
 <p>Also: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>.</p>
 </body></html>"""
-    return atomic_write_text(page, out_dir / "index.html")
+    return atomic_write_text(page, folder / "index.html")
 
 
 def export_figures(results: Path, images: Path, notebooks: list[str] | None = None) -> list[Path]:
@@ -270,37 +520,72 @@ def export_figures(results: Path, images: Path, notebooks: list[str] | None = No
     return written
 
 
-def run(plan: Plan) -> int:
-    import datetime as _dt
+# --------------------------------------------------------------------------- the whole run
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
-    ensure_kernelspec()
-    out_dir = plan.out / plan.profile
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started, t0 = _dt.datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
-    print(f"kdcore report: profile {plan.profile} -> {out_dir} ({_profiles.SCALING.get(plan.profile, '')})", flush=True)
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it is inside it (what a shell user typed)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def run(plan: Plan) -> int:
+    """Run the plan's notebooks into a hidden stage folder, then publish (see the module docstring)."""
+    published = plan.out / plan.profile
+    previous = {nb: r["run_info"]["seconds"] for nb, r in load_results(published).items()
+                if (r.get("run_info") or {}).get("seconds")}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    stage_root = Path(tempfile.mkdtemp(prefix=f".{plan.profile}.partial-", dir=plan.out))
+    stage, n, t0 = stage_root / plan.profile, len(plan.notebooks), time.perf_counter()
+    total = sum(previous.get(nb, 0) for nb in plan.notebooks) if set(plan.notebooks) <= set(previous) else None
     statuses = []
-    for i, nb in enumerate(plan.notebooks, 1):
-        print(f"[{i}/{len(plan.notebooks)}] {nb} ...", end=" ", flush=True)
-        s = run_notebook(nb, plan.parameters[nb], out_dir, plan.show_code)
-        statuses.append(s)
-        print(f"{s['status']} ({s['seconds']:.0f}s){' ' + s['error'] if s['error'] else ''}", flush=True)
-    board, infos = leaderboard(out_dir, [s["notebook"] for s in statuses if s["status"] == "ok"])
-    atomic_write_text(board.to_csv(index=False), out_dir / "leaderboard.csv")
-    write_markdown(board, out_dir / "leaderboard.md")
-    index = write_index(plan, statuses, board, infos, started, time.perf_counter() - t0)
+    try:
+        ensure_kernelspec()
+        print(f"kdcore report: profile {plan.profile}, {n} notebook{'s' * (n > 1)} -> {_shown(published)}/ "
+              f"(published when all have run{f'; last time they took {_clock(total)}' if total else ''})", flush=True)
+        for i, nb in enumerate(plan.notebooks, 1):
+            last = f" (last run: {_clock(previous[nb])})" if nb in previous else ""
+            print(f"[{i}/{n}] {nb}: started{last}", flush=True)
+            s = run_notebook(nb, {**plan.parameters[nb], "results_dir": str(stage_root)}, stage, plan.show_code)
+            statuses.append(s)
+            mean = sum(x["seconds"] for x in statuses) / len(statuses)
+            left = sum(previous.get(rest, mean) for rest in plan.notebooks[i:])
+            eta = f", about {_clock(left)} left" if i < n else ""
+            print(f"[{i}/{n}] {nb}: {s['status']} in {_clock(s['seconds'])} ({_clock(time.perf_counter() - t0)} "
+                  f"elapsed{eta}){': ' + s['error'] if s['error'] else ''}", flush=True)
+        with sigint_ignored():
+            publish(stage, published, statuses)
+            index = write_index(published, plan.profile, statuses, time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        print(f"interrupted: {_shown(published)} left unchanged", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
     failed = [s["notebook"] for s in statuses if s["status"] != "ok"]
-    print(f"wrote {index} ({time.perf_counter() - t0:.0f}s){'; FAILED: ' + ', '.join(failed) if failed else ''}")
+    print(f"published {_shown(index)} ({_clock(time.perf_counter() - t0)})", flush=True)
+    if failed:
+        again = " ".join(nb.split("_")[0] for nb in failed)
+        print(f"FAILED: {', '.join(failed)} (their last good pages were kept); after a fix, rerun just them with "
+              f'make report PROFILE={plan.profile} NOTEBOOKS="{again}"', flush=True)
     return 1 if failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m kdcore report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default=None, help=f"one of {', '.join(_profiles.PROFILES)} (default: gpu if CUDA else cpu)")
-    ap.add_argument("--notebooks", nargs="+", default=None, help="e.g. 01 02 or 07_eurosat (default: all)")
+def build_parser():
+    from .cli import HelpFormatter, Parser
+
+    ap = Parser(prog="kdcore report", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                formatter_class=HelpFormatter)
+    ap.add_argument("--profile", default=None, help=f"one of {', '.join(_profiles.PROFILES)} "
+                    "(default: gpu when CUDA is available, else cpu)")
+    ap.add_argument("--notebooks", nargs="+", default=None, metavar="NB", help="e.g. 01 02 or 07_eurosat (default: all)")
     ap.add_argument("--show-code", action="store_true", help="show code cells in the HTML pages")
-    ap.add_argument("--out", default="results", help="output root; pages go to <out>/<profile>/")
+    ap.add_argument("--out", default="results", help="output root; pages go to OUT/PROFILE/")
     ap.add_argument("--figures", default=None, metavar="DIR",
-                    help="also copy every figure of the executed notebooks to DIR/<notebook>-<k>.png")
+                    help="also copy every figure of the notebooks that ran to DIR/<notebook>-<k>.png")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable), e.g. --param epochs=2 --param seeds=[0]")
     return ap
@@ -311,11 +596,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = make_plan(args.profile, args.notebooks, args.out, args.show_code, args.param)
     except ConfigError as err:
-        print(f"ConfigError: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was run", file=sys.stderr)
+        return 130
     status = run(plan)
-    if args.figures:
-        written = export_figures(plan.out / plan.profile, Path(args.figures), plan.notebooks)
+    if args.figures and status != 130:
+        ok = [nb for nb in plan.notebooks if (plan.out / plan.profile / f"{nb}.json").exists()]
+        written = export_figures(plan.out / plan.profile, Path(args.figures), ok)
         print(f"copied {len(written)} figures to {args.figures}")
     return status
 

@@ -1,11 +1,12 @@
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from kdcore.data import (CIFAR10_CLASSES, DeviceLoader, Split, apply_views, load_dataset, num_views,
+from kdcore.data import (CIFAR10_CLASSES, DeviceLoader, apply_views, load_dataset, num_views,
                          stratified_split)
 from kdcore.errors import ConfigError, DataNotFoundError
 
@@ -48,7 +49,7 @@ def test_cifar10_from_image_folder_layout(tmp_path, monkeypatch):
     assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 30)
     assert data.classes == list(CIFAR10_CLASSES) and data.image_size == (32, 32)
     # the pixels are the files' pixels, in class order
-    first = np.asarray(Image.open(tmp_path / "cifar10-jpg" / "test" / "airplane" / "0.png"))
+    first = np.array(Image.open(tmp_path / "cifar10-jpg" / "test" / "airplane" / "0.png"))
     assert torch.equal(data.test.images[0], torch.from_numpy(first).permute(2, 0, 1))
     assert list(data.test.labels[:3]) == [0, 0, 0] and int(data.test.labels[-1]) == 9
     assert any((tmp_path / "cache").iterdir())  # decoded once and cached
@@ -153,3 +154,49 @@ def test_normalized_batches_match_bundle_statistics():
     x = torch.cat([b.images for b in DeviceLoader(data.train, data, 64)])
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-3
     assert (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-2
+
+
+def test_corrupt_image_in_folder_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_CACHE", str(tmp_path / "cache"))
+    _write_images(tmp_path / "imgs", ["a", "b"], 3)
+    bad = tmp_path / "imgs" / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(ConfigError) as err:
+        load_dataset("imagefolder", tmp_path / "imgs")
+    msg = str(err.value)
+    assert str(bad) in msg and "Delete or replace" in msg and len(msg.splitlines()) == 1
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no PIL traceback chained on
+
+
+def test_corrupt_image_in_tarball_names_the_member(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    for split in ("train", "test"):
+        _write_images(src / "cifar10-jpg" / split, CIFAR10_CLASSES, 1, suffix=".jpg")
+    (src / "cifar10-jpg" / "test" / "cat" / "0.jpg").write_bytes(b"truncated")
+    with tarfile.open(tmp_path / "cifar10-jpg.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar10-jpg", arcname="cifar10-jpg")
+    with pytest.raises(ConfigError, match=r"Cannot read image cifar10-jpg/test/cat/0\.jpg in .*cifar10-jpg\.tar\.gz"):
+        load_dataset("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("name, dataset, made", [("cifar10", "CIFAR10", "cifar-10-python.tar.gz"),
+                                                  ("eurosat", "EuroSAT", "eurosat/EuroSAT.zip")])
+def test_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch, name, dataset, made):
+    import torchvision.datasets
+
+    def offline(root, download=False, **kwargs):  # what torchvision does offline: folders and a partial file, then fail
+        (Path(root) / made).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / made).write_bytes(b"partial")
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, dataset, offline)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(DataNotFoundError, match="download failed: OSError: network is unreachable"):
+        load_dataset(name, root)
+    assert list(tmp_path.iterdir()) == []  # neither the partial file nor the folders it made
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(DataNotFoundError):
+        load_dataset(name, tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # what was there before stays

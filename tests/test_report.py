@@ -1,11 +1,14 @@
-"""The report: one end-to-end smoke run (python -m kdcore report --profile smoke) plus fast argument checks."""
+"""The report: an end-to-end smoke run, Ctrl-C during a run, publishing, tables, and argument checks."""
+import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
+import psutil
 import pytest
 
 from kdcore import report
@@ -20,7 +23,7 @@ def test_unknown_profile_lists_valid_names(capsys):
         report.make_plan("nope", None, "results")
     assert report.main(["--profile", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "ConfigError" in err and "gpu" in err and "smoke" in err
+    assert err.startswith("error: Unknown profile 'nope'") and "gpu" in err and "smoke" in err
 
 
 def test_unknown_param_lists_valid_names(tmp_path):
@@ -34,28 +37,195 @@ def test_unknown_param_lists_valid_names(tmp_path):
     assert plan.parameters["02_logits"]["temperature"] == 3
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS)
-def test_committed_notebooks_are_clean(nb):
-    notebook = nbformat.read(REPO / "notebooks" / f"{nb}.ipynb", as_version=4)
-    code = [c for c in notebook.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert sum("parameters" in c.metadata.get("tags", []) for c in notebook.cells) == 1
-    assert notebook.metadata["kernelspec"]["name"] == "python3"
-    assert "google.colab" in code[0].source and "%cd" not in "".join(c.source for c in code)
+@pytest.mark.parametrize("param, message", [
+    ("temperature=abc", "--param temperature=abc: temperature takes float"),
+    ("epochs=2.5", "epochs takes int"),
+    ("epochs=true", "epochs takes int"),
+    ("epochs=none", "epochs takes int, not NoneType None"),
+    ("seeds=3", "seeds takes list"),
+    ("teacher_kwargs=[8]", "teacher_kwargs takes dict"),
+    ("profile=cpu", "--param profile=... is set by the report; use --profile instead"),
+    ("results_dir=/tmp/x", "use --out instead"),
+    ("epochs", "--param expects KEY=VALUE"),
+])
+def test_param_values_are_type_checked_before_anything_runs(tmp_path, param, message):
+    with pytest.raises(ConfigError) as info:
+        report.make_plan("smoke", ["02"], tmp_path, params=[param])
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_param_values_of_the_right_type_pass():
+    plan = report.make_plan("smoke", ["02", "06"], "results", params=[
+        "temperature=3", "seeds=[0]", "student=cnn_small", "teacher_kwargs={\"width\": 4}", "pretrained=false",
+        "max_steps_per_epoch=5", "data_root=none"])
+    p = plan.parameters["02_logits"]
+    assert p["temperature"] == 3.0 and isinstance(p["temperature"], float) and p["seeds"] == [0]
+    assert p["student"] == "cnn_small" and p["teacher_kwargs"] == {"width": 4} and p["max_steps_per_epoch"] == 5
+    assert plan.parameters["06_efficientvit"]["pretrained"] is False and p["data_root"] is None
+
+
+def test_progress_lines_are_the_run_lines_only(capsys):
+    sink = report.ProgressLines(indent="  ")
+    for chunk in ["02_logits | profile smoke\nparameters: {...}\nteacher tiny_resnet: training 2 ep", "ochs\nepoch   1/2 ",
+                  "ce=2.25 val_acc=0.1\nkd seed 0: test_acc=0.1000 test_f1=0.0185\nwrote results/x.json\n"]:
+        sink.write(chunk)
+    assert capsys.readouterr().out.splitlines() == [
+        "  teacher tiny_resnet: training 2 epochs", "  epoch   1/2 ce=2.25 val_acc=0.1", "  kd seed 0: test_acc=0.1000 test_f1=0.0185"]
+
+
+# --------------------------------------------------------------------------- publishing and the index
+def _results(nb, gains=True, **metric):
+    """A results JSON as kdcore.experiments.write_results writes it (gains=False: the older clear_gain schema)."""
+    def row(method, acc, **kw):
+        m = {"method": method, "n": 2, "test_acc": f"{acc:.4f} ± 0.0100 (n=2)", "test_f1": f"{acc - 0.01:.4f} ± 0.0100 (n=2)",
+             "test_acc_mean": acc, "test_acc_std": 0.01, "test_f1_mean": acc - 0.01, "is_baseline": method == "baseline",
+             "params": 94762, "size_mb": 0.381, "latency_ms": 0.7812345, "threads": 2, "seconds_per_run": 27.81234}
+        if gains:
+            m.update(delta_acc=0.0, delta_ci_low=float("nan"), delta_ci_high=float("nan"), significant=None)
+        else:
+            m.update(delta_acc=0.0, clear_gain=False)
+        m.update(kw)
+        return m
+
+    kd = ({"delta_acc": 0.0123, "delta_ci_low": 0.0040, "delta_ci_high": 0.0206, "significant": True} if gains
+          else {"delta_acc": 0.0281, "clear_gain": True})
+    metrics = [row("baseline", 0.5235), row("kd", 0.5516, **{**kd, **metric}),
+               row("student_light (kd)", 0.6583, delta_acc=None, significant=None, params=None, latency_ms=None)]
+    return {"notebook": nb, "metrics": metrics, "teacher": {"name": "tiny_resnet", "test_acc": 0.642412},
+            "run_info": {"timestamp": "2026-11-23T06:04:13+00:00", "seconds": 61.2, "device": "cpu (2 cores, 2 threads)",
+                         "scaling": "CIFAR-10 scaled to a 2-core CPU"}}
+
+
+def _fake_runs(monkeypatch, outcome):
+    """Replace the papermill run by one that writes the pages a notebook run writes (or fails, per `outcome`)."""
+    def run_notebook(nb, params, out_dir, show_code):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        assert Path(params["results_dir"]).parent == out_dir.parent.parent  # the stage, not the published folder
+        (out_dir / f"{nb}.ipynb").write_text(f"new {nb}")
+        (out_dir / f"{nb}.html").write_text(f"new {nb}")
+        if outcome[nb] == "ok":
+            (out_dir / f"{nb}.json").write_text(json.dumps(_results(nb)))
+            return {"notebook": nb, "status": "ok", "error": "", "seconds": 1.0}
+        return {"notebook": nb, "status": "failed", "error": "ValueError: boom", "seconds": 1.0}
+
+    monkeypatch.setattr(report, "run_notebook", run_notebook)
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _published(tmp_path, notebooks=("01_baseline", "02_logits")):
+    """A published report folder from an earlier run (old schema in 01: clear_gain)."""
+    folder = tmp_path / "smoke"
+    folder.mkdir(parents=True)
+    for nb in notebooks:
+        (folder / f"{nb}.json").write_text(json.dumps(_results(nb, gains=nb != "01_baseline")))
+        (folder / f"{nb}.ipynb").write_text(f"old {nb}")
+        (folder / f"{nb}.html").write_text(f"old {nb}")
+    return folder
+
+
+def test_partial_run_replaces_only_its_own_pages_and_keeps_the_other_rows(tmp_path, monkeypatch):
+    folder = _published(tmp_path)
+    before = _tree(folder)
+    _fake_runs(monkeypatch, {"02_logits": "ok", "05_bonus": "ok"})
+    plan = report.Plan("smoke", ["02_logits", "05_bonus"], tmp_path, False, {"02_logits": {}, "05_bonus": {}})
+    assert report.run(plan) == 0
+    after = _tree(folder)
+    assert {k: v for k, v in after.items() if k.startswith("01_")} == {k: v for k, v in before.items() if k.startswith("01_")}
+    assert (folder / "02_logits.html").read_text() == "new 02_logits" and (folder / "05_bonus.json").exists()
+    board = (folder / "leaderboard.md").read_text()
+    assert board.count("| 01_baseline |") == 3 and board.count("| 02_logits |") == 3 and board.count("| 05_bonus |") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # the stage folder is gone
+    index = (folder / "index.html").read_text()
+    assert "href='01_baseline.html'" in index and "href='05_bonus.html'" in index
+
+
+def test_failed_notebook_keeps_its_last_good_page(tmp_path, monkeypatch, capsys):
+    folder = _published(tmp_path)
+    old = (folder / "02_logits.json").read_bytes()
+    _fake_runs(monkeypatch, {"02_logits": "failed"})
+    assert report.run(report.Plan("smoke", ["02_logits"], tmp_path, False, {"02_logits": {}})) == 1
+    assert 'rerun just them with make report PROFILE=smoke NOTEBOOKS="02"' in capsys.readouterr().out
+    assert (folder / "02_logits.json").read_bytes() == old and (folder / "02_logits.html").read_text() == "old 02_logits"
+    assert (folder / "02_logits.failed.html").read_text() == "new 02_logits"
+    index = (folder / "index.html").read_text()
+    assert "FAILED in their latest run: 02_logits" in index and "href='02_logits.failed.html'" in index
+    assert "ValueError: boom" in index
+    _fake_runs(monkeypatch, {"02_logits": "ok"})
+    assert report.run(report.Plan("smoke", ["02_logits"], tmp_path, False, {"02_logits": {}})) == 0
+    assert not (folder / "02_logits.failed.html").exists() and "FAILED" not in (folder / "index.html").read_text()
+
+
+def test_index_and_leaderboard_tables_are_formatted(tmp_path):
+    folder = _published(tmp_path)
+    report.write_index(folder, "smoke", [], 1.0)
+    for page in ("index.html", "leaderboard.md"):
+        text = (folder / page).read_text()
+        assert not re.search(r"\bNaN\b|\bnan\b|\bNone\b|\bFalse\b|\bTrue\b|PosixPath|\d\.\d{5,}", text), page
+        assert "+0.0123 [+0.0040, +0.0206]" in text and "0.6424" in text and "94,762" in text and "0.78" in text
+        assert "| yes |" in text or "<td>yes</td>" in text
+    md = (folder / "leaderboard.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    old_kd = dict(zip(header, (c.strip() for c in next(r for r in md if r.startswith("| 01_baseline | kd |")).strip("|").split("|"))))
+    assert old_kd["Δ acc vs baseline [95 % CI]"] == "+0.0281" and old_kd["significant"] == "–"  # old JSON: no interval
+    other = dict(zip(header, (c.strip() for c in next(r for r in md if "student_light (kd)" in r).strip("|").split("|"))))
+    assert other["Δ acc vs baseline [95 % CI]"] == other["params"] == other["latency ms"] == "–"
+
+
+def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp_path):
+    """A real run (smoke profile) into a folder holding a published report; Ctrl-C once notebook 01 has finished
+    (staged, not published) and 02 is training. Nothing published may change and nothing temporary may stay."""
+    folder = _published(tmp_path, NOTEBOOKS)
+    report.write_index(folder, "smoke", [], 1.0)
+    before, notebooks_before = _tree(folder), _tree(REPO / "notebooks")
+    proc = subprocess.Popen([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--notebooks", "01", "02",
+                             "--out", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, like a shell job
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "01_baseline: ok" in line:
+            assert len(list(tmp_path.glob(".smoke.partial-*/smoke/01_baseline.html"))) == 1  # staged, not published
+        if seen and any("02_logits: started" in s for s in seen) and "seed 0: test_acc=" in line:
+            break
+    else:
+        pytest.fail("the run ended before it could be interrupted:\n" + "".join(seen) + proc.stderr.read())
+    kernels = psutil.Process(proc.pid).children(recursive=True)
+    assert kernels  # the notebook's kernel, in its own session: a terminal's Ctrl-C would not reach it
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground process group
+    out, err = proc.communicate(timeout=300)
+    assert not psutil.wait_procs(kernels, timeout=30)[1]  # the kernel was stopped, not orphaned
+    assert proc.returncode == 130, "".join(seen) + out + err
+    assert err.strip() == f"interrupted: {folder} left unchanged"
+    assert _tree(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # no stage folder, no .tmp files
+    assert _tree(REPO / "notebooks") == notebooks_before
 
 
 def test_smoke_report_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--out", str(tmp_path),
                            "--figures", str(tmp_path / "images")], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # progress: a line per notebook start and end with an ETA, the kernel's run lines, no Jupyter warnings
+    assert "[1/7] 01_baseline: started" in proc.stdout and "about" in proc.stdout and "left)" in proc.stdout
+    assert re.search(r"^      baseline seed 0: test_acc=", proc.stdout, re.M)
+    assert not proc.stderr.strip() and "WARNING" not in proc.stdout and "Kernel is running" not in proc.stdout
     out = tmp_path / "smoke"
     index = (out / "index.html").read_text()
+    assert (out / "_static" / report.MATHJAX).stat().st_size > 100_000  # MathJax next to the pages
     for nb in NOTEBOOKS:
-        assert (out / f"{nb}.html").stat().st_size > 1000
+        page = (out / f"{nb}.html").read_text()
+        assert len(page) > 1000 and f'src="_static/{report.MATHJAX}"' in page
+        assert not re.findall(r'src="https?:', page)  # nothing loads from the network: formulas render offline
+        assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no red box (was: "No CUDA runtime")
         res = json.loads((out / f"{nb}.json").read_text())
         assert res["metrics"] and all(0 <= m["test_acc_mean"] <= 1 for m in res["metrics"])
         assert f"href='{nb}.html'" in index
-    assert "FAILED" not in index and not re.search(r"<td>failed</td>", index)
+    assert "FAILED" not in index and not re.search(r"\bNaN\b|\bFalse\b|\bNone\b|PosixPath|\d\.\d{5,}", index)
     assert (out / "leaderboard.csv").exists() and (out / "leaderboard.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "smoke"]  # the stage folder is gone
     figures = {p.name for p in (tmp_path / "images").iterdir()}
     assert {f"{nb}-1.png" for nb in NOTEBOOKS} <= figures  # every notebook plots at least its loss curves
