@@ -2,7 +2,7 @@
 
 A notebook is parameters + a few calls into this module (and kdcore.plots):
 
-    ctx = setup("02_logits", **parameters)          # profile defaults + overrides, data loaded
+    ctx = setup("02_logits", globals())             # notebook defaults, the profile's values, -p overrides; data
     teacher = ctx.teacher()                          # trained once, cached under checkpoints/teachers/<key>.pt
     base = ctx.run("baseline"); kd = ctx.run("kd", alpha=..., temperature=...)
     ctx.finish()                                     # results/<profile>/<notebook>.json (atomic)
@@ -13,13 +13,18 @@ are cached under checkpoints/runs/ so that e.g. the baseline student is trained 
 """
 from __future__ import annotations
 
+import ast
+import copy
 import dataclasses
+import functools
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import math
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +38,15 @@ from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
 from .distill import make_distiller
-from .errors import PretrainedUnavailableError
-from .evaluate import classification_metrics, cpu_latency_ms, evaluate, size_mb
+from .errors import PretrainedUnavailableError, unknown_name
+from .evaluate import classification_metrics, evaluate, latency_ms, size_mb
 from .models import count_parameters, create_model
-from .train import TrainConfig, fit, resolve_device, seed_everything
+from .train import TrainConfig, cpu_features, fit, resolve_device, seed_everything
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = _profiles.REPO_ROOT  # relative paths in parameters are taken from here, wherever the kernel runs
 TEACHER_TRAININGS = 0  # how many teachers this process trained (tests check reuse with it)
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "pad", "augment", "weight_decay", "max_steps_per_epoch",
-              "device", "progress", "schedule")
+              "device", "progress", "schedule", "teacher_cache", "precision")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -67,6 +72,20 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_PRESENTATION = ("report", "cli", "__main__", "plots", "gradcam")
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """Hash of the kdcore sources that shape a trained model: part of every cache key, so a code change never
+    reuses a stale run. The presentation modules (report, CLI, plots, Grad-CAM) are left out."""
+    h = hashlib.sha1()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        if path.stem not in _PRESENTATION:
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def data_fingerprint(data: DataBundle) -> str:
     """Identifies a dataset split by content (labels + a sample of pixels), independent of how it was loaded."""
     h = hashlib.sha1()
@@ -77,14 +96,16 @@ def data_fingerprint(data: DataBundle) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_data_root(root):
-    """A relative data root is taken from the repository root when it exists there (notebooks run anywhere)."""
-    if root is None:
-        return None
-    p = Path(root).expanduser()
-    if not p.is_absolute() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    return p
+def project_path(path: str | os.PathLike) -> Path:
+    """A relative path is taken from the repository root, not the working directory: Jupyter starts kernels in
+    notebooks/, papermill wherever it is called, and all of them must share results/ and checkpoints/."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(REPO_ROOT / p))
+
+
+def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: `root` when given, else $KDCORE_DATA, else ../shared/data beside the repository."""
+    return project_path(root or os.environ.get("KDCORE_DATA") or "../shared/data")
 
 
 def train_overrides(**kw) -> dict:
@@ -93,12 +114,22 @@ def train_overrides(**kw) -> dict:
     return {k: v for k, v in kw.items() if k in fields and v is not None}
 
 
-def efficiency(model: nn.Module, input_shape, min_run_time: float | None = 0.2) -> dict:
-    """params, size MB and CPU latency (batch 1, ms); latency is None when min_run_time is falsy."""
-    out = {"params": count_parameters(model, trainable_only=False), "size_mb": size_mb(model), "latency_ms": None}
-    if min_run_time:
-        out["latency_ms"] = cpu_latency_ms(model, input_shape, min_run_time=min_run_time)["cpu_latency_ms"]
-    return out
+def efficiency(model: nn.Module) -> dict:
+    """Parameters (all, frozen included) and size in MB; latency is measured per notebook (Context.latencies)."""
+    return {"params": count_parameters(model, trainable_only=False), "size_mb": size_mb(model)}
+
+
+def show_code(*objects) -> None:
+    """Display the source of each object (a loss term, its loss function, the training step) in the notebook,
+    so a reader sees the exact code a method runs, not a paraphrase of it."""
+    from IPython.display import Code, display
+
+    for obj in objects:
+        display(Code(inspect.getsource(obj), language="python"))
+
+
+def _fmt_ms(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
 def try_pretrained(name: str, pretrained="auto", **kwargs) -> bool:
@@ -135,9 +166,9 @@ class TeacherResult:
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
                 model_kwargs: dict | None = None, pretrained: bool = False, train: dict | None = None) -> str:
-    cfg = dict(data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
+    cfg = dict(code=code_version(), data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
                batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
-               train={k: v for k, v in (train or {}).items() if k not in ("progress", "device")})
+               train={k: v for k, v in (train or {}).items() if k not in ("progress", "device", "teacher_cache")})
     return f"{data.name}-{name}-{_hash(cfg)}"
 
 
@@ -195,43 +226,49 @@ class SeedRuns:
     efficiency: dict = field(default_factory=dict)
 
 
-def run_seeds(method: str, data: DataBundle, *, student: str = "student_light", seeds=(0,), teacher: nn.Module | None = None,
+def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds=(0,), teacher: nn.Module | None = None,
               label: str | None = None, student_kwargs: dict | None = None, pretrained: bool = False,
               distill: dict | None = None, epochs: int = 5, lr: float = 0.05, batch_size: int = 128,
               device: str = "auto", progress: bool = False, checkpoint_dir: str | os.PathLike | None = None,
-              **train) -> SeedRuns:
+              cache: bool = True, **train) -> SeedRuns:
     """Train `method` once per seed (seed_everything(seed) before building the student), select on validation
     (fit does), evaluate on test once at the end. Returns one row per seed plus the histories.
 
-    With `checkpoint_dir`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused by an
-    identical later call (teacher identified by its cache key; runs with an uncached teacher are not cached).
+    `method` is a name such as "kd+at", or a Term built in a notebook (a fresh copy is used for every seed).
+    With `checkpoint_dir` and `cache`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused
+    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Runs with a
+    teacher from outside get_teacher, or a Term defined outside kdcore, are never cached (their code is unknown).
     """
-    label = label or method
+    custom = not isinstance(method, str)
+    label = label or (method.name if custom else method)
     distill = dict(distill or {})
     student_kwargs = dict(student_kwargs or {})
     train = train_overrides(**train)
-    uses_teacher = method.strip().lower() != "baseline"
+    uses_teacher = custom or method.strip().lower() != "baseline"
     if not uses_teacher:
         teacher = None
     t_key = getattr(teacher, "kd_teacher_key", None) if teacher is not None else "none"
+    cacheable = cache and checkpoint_dir is not None and t_key is not None and not custom
     rows, histories, first_model, first_eval = [], {}, None, None
     for seed in seeds:
-        key_cfg = dict(data=data_fingerprint(data), method=method, student=student, kwargs=student_kwargs,
+        key_cfg = dict(code=code_version(), data=data_fingerprint(data), method=method, student=student, kwargs=student_kwargs,
                        pretrained=bool(pretrained), distill=distill if uses_teacher else {}, teacher=t_key,
                        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                        train={k: v for k, v in train.items() if k not in ("progress", "device")})
-        cache = (Path(checkpoint_dir) / "runs" / f"{student}-{method.replace(':', '_')}-{_hash(key_cfg)}.pt"
-                 if checkpoint_dir is not None and t_key is not None else None)
+        path = (Path(checkpoint_dir) / "runs" / f"{student}-{label.replace(':', '_').replace(' ', '_')}-{_hash(key_cfg)}.pt"
+                if cacheable else None)
         seed_everything(seed)
         model = create_model(student, data.num_classes, data.in_channels, pretrained=bool(pretrained), **student_kwargs)
-        if cache is not None and cache.exists():
-            ckpt = torch.load(cache, map_location="cpu", weights_only=False)
+        reused = path is not None and path.exists()
+        if reused:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
             model.load_state_dict(ckpt["model"])
             row, history = ckpt["row"], pd.DataFrame(ckpt["history"])
-            print(f"{label} seed {seed}: reused {cache.name}")
+            print(f"{label} seed {seed}: reused {path.name}")
             ev = evaluate(model, data, "test", device=device) if first_eval is None else None
         else:
-            kd = make_distiller(method, model, teacher, **distill) if uses_teacher else model
+            kd = (make_distiller(copy.deepcopy(method) if custom else method, model, teacher, **distill)
+                  if uses_teacher else model)
             result = fit(kd, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                          progress=progress, **train)
             ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
@@ -239,11 +276,11 @@ def run_seeds(method: str, data: DataBundle, *, student: str = "student_light", 
             row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
                    "precision": ev["precision_macro"], "recall": ev["recall_macro"], "val_acc": result.best_val_acc,
                    "best_epoch": result.best_epoch, "seconds": result.seconds, "params": count_parameters(model),
-                   "device": result.device}
-            if cache is not None:
+                   "device": result.device, "compute_dtype": result.precision}
+            if path is not None:
                 atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "row": row,
-                             "history": history.to_dict("records")}, cache)
-        row = {**row, "method": label, "student": student}
+                             "history": history.to_dict("records")}, path)
+        row = {**row, "method": label, "student": student, "reused": reused}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")
         rows.append(row)
@@ -255,31 +292,57 @@ def run_seeds(method: str, data: DataBundle, *, student: str = "student_light", 
 
 # --------------------------------------------------------------------------- results
 def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.DataFrame:
-    """Per method: n, mean/std of test acc/F1 and P/R, Δ acc vs baseline and whether it beats the seed spread."""
+    """Per method: n, mean/std of test acc/F1, P/R and val acc, and the paired gain over the baseline student.
+
+    The gain is paired over the seeds both ran (stats.paired_gain): delta_acc with its 95 % interval
+    (delta_ci_low, delta_ci_high), `significant` when the interval excludes 0, and delta_f1. It is only a
+    KD gain against the same student architecture trained alone; other rows get NaN / None.
+    """
     summary = stats.summarize(runs, by="method", metrics=("test_acc", "test_f1", "precision", "recall", "val_acc",
                                                           "seconds"))
-    if baseline is not None and baseline in set(runs["method"]):
-        summary = stats.gain_vs_baseline(summary, baseline, "test_acc")
-        f1 = stats.gain_vs_baseline(summary, baseline, "test_f1")
-        summary["delta_f1"] = f1["delta"]
-        if "student" in runs:  # a gain is only a KD gain against the same architecture trained alone
-            student_of = runs.groupby("method", sort=False)["student"].first()
-            other = summary["method"].map(student_of) != student_of.get(baseline)
-            summary.loc[other, ["delta", "delta_f1"]] = float("nan")
-            summary.loc[other, "clear_gain"] = False
-    else:
-        summary["delta"], summary["clear_gain"], summary["delta_f1"] = float("nan"), False, float("nan")
-    return summary.rename(columns={"delta": "delta_acc"})
+    student_of = runs.groupby("method", sort=False)["student"].first() if "student" in runs else None
+    cols = {k: [] for k in ("delta_acc", "delta_ci_low", "delta_ci_high", "significant", "n_pairs", "delta_f1")}
+    for method in summary["method"]:
+        comparable = (baseline is not None and baseline in set(runs["method"]) and method != baseline and
+                      (student_of is None or student_of[method] == student_of[baseline]))
+        acc = stats.paired_gain(runs, method, baseline, "test_acc") if comparable else None
+        f1 = stats.paired_gain(runs, method, baseline, "test_f1") if comparable else None
+        is_base = method == baseline
+        cols["delta_acc"].append(acc["delta"] if acc else 0.0 if is_base else float("nan"))
+        cols["delta_ci_low"].append(acc["ci_low"] if acc else float("nan"))
+        cols["delta_ci_high"].append(acc["ci_high"] if acc else float("nan"))
+        cols["significant"].append(acc["significant"] if acc else None)
+        cols["n_pairs"].append(acc["n"] if acc else 0)
+        cols["delta_f1"].append(f1["delta"] if f1 else 0.0 if is_base else float("nan"))
+    for k, v in cols.items():
+        summary[k] = pd.Series(v, index=summary.index, dtype=object if k == "significant" else None)
+    return summary
 
 
-def run_info(params: dict | None = None, data: DataBundle | None = None) -> dict:
+def git_commit() -> str:
+    """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it, "unknown" outside
+    git. --no-optional-locks: never take the index lock from under a git command running beside us."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=30)
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "unknown" if head.returncode else head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def run_info(params: dict | None = None, data: DataBundle | None = None, notebook: str | None = None) -> dict:
     params = params or {}
     dev = resolve_device(params.get("device", "auto"))
     info = {"timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
             "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
                                   f" ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"),
-            "torch": torch.__version__, "python": platform.python_version(), "profile": params.get("profile"),
-            "scaling": _profiles.SCALING.get(params.get("profile"), "custom"),
+            "cpu": cpu_features(), "commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
+            "profile": params.get("profile"),
+            "scaling": (_profiles.scaling_for(params["profile"], notebook) if notebook and params.get("profile") in
+                        _profiles.PROFILES else _profiles.SCALING.get(params.get("profile"), "custom")),
             "epochs": params.get("epochs"), "teacher_epochs": params.get("teacher_epochs"), "seeds": params.get("seeds"),
             "limits": {k: params.get(k) for k in ("train_limit", "val_limit", "test_limit", "max_steps_per_epoch")}}
     if data is not None:
@@ -294,7 +357,8 @@ def write_results(profile: str, notebook: str, payload: dict, results_dir: str |
     payload: runs (DataFrame or records: method, seed, test_acc, test_f1, ...), baseline (method name),
     teacher (dict: name, test_acc, test_f1, params, size_mb, latency_ms, seconds), efficiency
     ({method: {params, size_mb, latency_ms}}), run_info (dict), and any extra keys (kept as they are).
-    The JSON gets `metrics`: one entry per method with mean ± std (n), Δ vs baseline and clear_gain.
+    The JSON gets `metrics`: one entry per method with mean ± std (n) and the paired gain over the baseline
+    (delta_acc, delta_ci_low, delta_ci_high, significant, n_pairs, delta_f1; see summarize_runs).
     """
     payload = dict(payload)
     runs = pd.DataFrame(payload.pop("runs"))
@@ -308,11 +372,12 @@ def write_results(profile: str, notebook: str, payload: dict, results_dir: str |
             m[f"{k}_mean"], m[f"{k}_std"] = float(r[f"{k}_mean"]), float(r[f"{k}_std"])
         m["test_acc"] = stats.fmt_mean_std(r["test_acc_mean"], r["test_acc_std"], int(r["n"]))
         m["test_f1"] = stats.fmt_mean_std(r["test_f1_mean"], r["test_f1_std"], int(r["n"]))
-        m["delta_acc"], m["delta_f1"] = float(r["delta_acc"]), float(r["delta_f1"])
-        m["clear_gain"] = bool(r["clear_gain"])
+        for k in ("delta_acc", "delta_ci_low", "delta_ci_high", "delta_f1"):
+            m[k] = float(r[k])
+        m["significant"], m["n_pairs"] = r["significant"], int(r["n_pairs"])
         m["is_baseline"] = r["method"] == baseline
         m["seconds_per_run"] = float(r["seconds_mean"])
-        m.update({k: eff.get(r["method"], {}).get(k) for k in ("params", "size_mb", "latency_ms")})
+        m.update({k: eff.get(r["method"], {}).get(k) for k in ("params", "size_mb", "latency_ms", "threads")})
         metrics.append(m)
     out = {"notebook": notebook, "profile": profile, "baseline": baseline, "metrics": metrics,
            "runs": runs, **payload}
@@ -332,6 +397,8 @@ class Context:
         self.teacher_result: TeacherResult | None = None
         self.results: dict[str, SeedRuns] = {}
         self.extra: dict = {}
+        self._architecture: dict[str, tuple[str, nn.Module]] = {}  # label -> (architecture key, a model)
+        self._latency: dict[str, dict] = {}  # architecture key -> {"latency_ms", "threads"}
 
     def __getattr__(self, name):
         params = self.__dict__.get("params", {})
@@ -359,17 +426,18 @@ class Context:
                                           checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"), **train)
         return self.teacher_result
 
-    def run(self, method: str, label: str | None = None, *, student: str | None = None, student_kwargs=None,
+    def run(self, method, label: str | None = None, *, student: str | None = None, student_kwargs=None,
             pretrained: bool = False, seeds=None, **distill_and_train) -> SeedRuns:
         """run_seeds with this notebook's parameters; `label` names it in tables (default: the method).
 
-        A method written "at:shifted" uses pairing="shifted" (teacher block N -> student block N-1).
+        `method` is a name ("kd+at"; "at:shifted" uses pairing="shifted": teacher block N -> student block N-1)
+        or a Term object defined in the notebook. Other keywords go to make_distiller or fit.
         """
-        label = label or method
-        if ":" in method:
+        label = label or (method if isinstance(method, str) else method.name)
+        if isinstance(method, str) and ":" in method:
             method, pairing = method.split(":", 1)
             distill_and_train.setdefault("pairing", pairing)
-        if "dkd" in method.split("+"):  # DKD starts ~10x the CE loss; ramp it in (mdistiller: 20 of 240 epochs)
+        if isinstance(method, str) and "dkd" in method.split("+"):  # DKD starts ~10x the CE loss; ramp it in (mdistiller: 20 of 240 epochs)
             distill_and_train.setdefault("dkd_warmup", 2)
         train_keys = {k for k in distill_and_train if k in TRAIN_KEYS}
         train = self._train(**{k: distill_and_train.pop(k) for k in train_keys})
@@ -381,30 +449,53 @@ class Context:
         runs = run_seeds(method, self.data, student=student, seeds=seeds if seeds is not None else self.params["seeds"],
                          teacher=teacher, label=label, student_kwargs=kw, pretrained=pretrained,
                          distill=distill_and_train, checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"),
-                         **train)
-        runs.efficiency = efficiency(runs.model, self.input_shape, self.params.get("latency_min_run_time"))
+                         cache=self.params.get("cache", True), **train)
+        runs.efficiency = efficiency(runs.model)
+        self._architecture[label] = (f"{student} {_hash(kw)}", runs.model)
         self.results[label] = runs
         return runs
 
+    def pairs_table(self, method, student: str | None = None, **distill) -> pd.DataFrame:
+        """Which student layer learns from which teacher layer, with both shapes and each pair's weight.
+
+        Built exactly as run() builds it (same make_distiller call) on a few training images; runs nothing else.
+        """
+        if isinstance(method, str) and ":" in method:
+            method, pairing = method.split(":", 1)
+            distill.setdefault("pairing", pairing)
+        teacher = (self.teacher_result or self.teacher()).model
+        model = create_model(student or self.params["student"], self.data.num_classes, self.data.in_channels,
+                             **(self.params.get("student_kwargs") or {}))
+        distiller = make_distiller(copy.deepcopy(method) if not isinstance(method, str) else method, model, teacher,
+                                   **distill)
+        distiller.prepare(self.data.normalize(self.data.train.images[:4]))
+        table = pd.DataFrame(distiller.pairs_table())
+        if not table.empty:
+            table["weight"] = table["weight"].map(lambda w: f"{w:g}")
+            table = table.set_index("term")
+        return table
+
     def sweep_kd(self, alphas, temperatures, seeds=None, epochs=None) -> pd.DataFrame:
-        """Small α × T grid of KD runs (kept out of the main table); returns test accuracy as a T × α pivot."""
+        """Small α × T grid of KD runs, kept out of the main table. Returns VALIDATION accuracy as a T × α pivot:
+        a choice of α and T made on this table must not peek at the test split."""
         rows = []
         for a in alphas or []:
             for t in temperatures or []:
                 label = f"kd a={a} T={t}"
                 r = self.run("kd", label, alpha=a, temperature=t, seeds=seeds, **({"epochs": epochs} if epochs else {}))
                 self.results.pop(label)
-                rows.append({"alpha": a, "temperature": t, "test_acc": r.runs["test_acc"].mean(),
-                             "test_f1": r.runs["test_f1"].mean(), "n": len(r.runs)})
+                self._architecture.pop(label)
+                rows.append({"alpha": a, "temperature": t, "val_acc": r.runs["val_acc"].mean(),
+                             "test_acc": r.runs["test_acc"].mean(), "n": len(r.runs)})
         table = pd.DataFrame(rows)
         self.extra["sweep"] = table
         if table.empty:
             return table
-        return table.pivot(index="temperature", columns="alpha", values="test_acc")
+        return table.pivot(index="temperature", columns="alpha", values="val_acc").round(4)
 
     def best_and_worst(self, labels) -> tuple[str, str]:
-        """Labels of the runs with the highest and the lowest mean test accuracy among `labels`."""
-        acc = {lab: self.results[lab].runs["test_acc"].mean() for lab in labels}
+        """Labels of the runs with the highest and the lowest mean VALIDATION accuracy among `labels`."""
+        acc = {lab: self.results[lab].runs["val_acc"].mean() for lab in labels}
         return max(acc, key=acc.get), min(acc, key=acc.get)
 
     def histories(self, *labels: str, seed: int | None = None) -> dict[str, pd.DataFrame]:
@@ -417,66 +508,141 @@ class Context:
             out[lab] = r.histories[seed if seed is not None else next(iter(r.histories))]
         return out
 
+    def latencies(self) -> dict[str, dict]:
+        """CPU latency (batch 1) of each distinct architecture run here, measured once per notebook with the models
+        interleaved (median of repeats), so rows of the same architecture show the same number."""
+        models = dict(self._architecture)
+        if self.teacher_result is not None:
+            models["teacher"] = (f"teacher {self.teacher_result.key}", self.teacher_result.model)
+        todo = {key: model for key, model in models.values() if key not in self._latency}
+        if todo and self.params.get("latency_min_run_time"):
+            self._latency.update(latency_ms(todo, self.input_shape, min_run_time=self.params["latency_min_run_time"]))
+        return {label: self._latency.get(key, {}) for label, (key, _) in models.items()}
+
     def summary(self, baseline: str = "baseline") -> pd.DataFrame:
-        """Table of this notebook's methods: mean ± std (n), Δ vs baseline, clear gain, params, MB, latency."""
+        """This notebook's methods, formatted for reading: mean ± std (n) on test, mean validation accuracy, the
+        paired gain over the baseline with its 95 % interval, significance, size, latency, time, reuse."""
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
         s = summarize_runs(runs, baseline if baseline in self.results else None)
-        table = pd.DataFrame({
+        latency = self.latencies()
+        reused = runs.groupby("method", sort=False)["reused"].agg(lambda r: f"{int(r.sum())}/{len(r)}")
+        yes_no = {True: "yes", False: "no"}
+        return pd.DataFrame({
             "method": s["method"], "n": s["n"],
             "test acc": [stats.fmt_mean_std(m, sd, n) for m, sd, n in zip(s["test_acc_mean"], s["test_acc_std"], s["n"])],
             "macro-F1": [stats.fmt_mean_std(m, sd, n) for m, sd, n in zip(s["test_f1_mean"], s["test_f1_std"], s["n"])],
-            "precision": s["precision_mean"].round(4), "recall": s["recall_mean"].round(4),
-            "Δ acc": s["delta_acc"].round(4), "gain > seed spread": s["clear_gain"],
-            "params": [self.results[m].efficiency.get("params") for m in s["method"]],
-            "MB": [round(self.results[m].efficiency.get("size_mb"), 3) for m in s["method"]],
-            "latency ms": [self.results[m].efficiency.get("latency_ms") for m in s["method"]],
-            "s/run": s["seconds_mean"].round(1)})
-        return table
+            "val acc": s["val_acc_mean"].map("{:.4f}".format),
+            "Δ acc vs baseline [95 % CI]": [stats.fmt_gain(d, lo, hi) for d, lo, hi in
+                                            zip(s["delta_acc"], s["delta_ci_low"], s["delta_ci_high"])],
+            "significant": s["significant"].map(lambda v: yes_no.get(v, "–")),
+            "params": [f"{self.results[m].efficiency['params']:,}" for m in s["method"]],
+            "MB": [f"{self.results[m].efficiency['size_mb']:.3f}" for m in s["method"]],
+            "latency ms": [_fmt_ms(latency.get(m, {}).get("latency_ms")) for m in s["method"]],
+            "s/run": s["seconds_mean"].map("{:.1f}".format),
+            "reused runs": [reused.get(m, "0/0") for m in s["method"]]}).set_index("method")
 
     def compare_models(self, models: dict[str, nn.Module], accuracy: dict[str, float] | None = None) -> pd.DataFrame:
-        """Size MB, latency and (given) accuracy of models side by side, plus ratios first / each."""
-        rows = []
-        for name, m in models.items():
-            e = efficiency(m, self.input_shape, self.params.get("latency_min_run_time") or 0.01)
-            rows.append({"model": name, "params": e["params"], "size_mb": e["size_mb"], "latency_ms": e["latency_ms"],
-                         "test_acc": (accuracy or {}).get(name)})
+        """Size MB, latency (measured together, interleaved) and (given) accuracy side by side, plus first/each ratios."""
+        lat = latency_ms(models, self.input_shape, min_run_time=self.params.get("latency_min_run_time") or 0.01)
+        rows = [{"model": name, "params": count_parameters(m, trainable_only=False), "size_mb": size_mb(m),
+                 "latency_ms": lat[name]["latency_ms"], "test_acc": (accuracy or {}).get(name)}
+                for name, m in models.items()]
         df = pd.DataFrame(rows)
         first = df.iloc[0]
         for k in ("params", "size_mb", "latency_ms"):
             df[f"{k} ratio (first/this)"] = (first[k] / df[k]).round(2)
+        df.attrs["threads"] = next(iter(lat.values()))["threads"]
         return df
 
-    def finish(self, baseline: str = "baseline", **extra) -> Path:
+    def finish(self, baseline: str = "baseline", **extra) -> None:
         """Write results/<profile>/<notebook>.json with every run, the summary, teacher and run info."""
         t = self.teacher_result
+        latency = self.latencies()
         teacher = None
         if t is not None:
-            e = efficiency(t.model, self.input_shape, self.params.get("latency_min_run_time"))
             teacher = {"name": t.name, "test_acc": t.test_acc, "test_f1": t.test_f1, "trained_here": t.trained,
-                       "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path), **e}
+                       "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
+                       **efficiency(t.model), **latency.get("teacher", {})}
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
         payload = {"runs": runs, "baseline": baseline if baseline in self.results else None, "teacher": teacher,
-                   "efficiency": {k: r.efficiency for k, r in self.results.items()},
-                   "run_info": {**run_info(self.params, self.data), "seconds": time.perf_counter() - self.started},
+                   "efficiency": {k: {**r.efficiency, **latency.get(k, {})} for k, r in self.results.items()},
+                   "run_info": {**run_info(self.params, self.data, self.notebook), "seconds": time.perf_counter() - self.started},
                    "params": {k: v for k, v in self.params.items()}, **self.extra, **extra}
-        return write_results(self.params["profile"], self.notebook, payload, self.params.get("results_dir", "results"))
+        write_results(self.params["profile"], self.notebook, payload, self.params.get("results_dir", "results"))
 
 
-def setup(notebook: str, profile: str | None = None, **params) -> Context:
-    """Resolve the parameters (profile defaults, then every non-None argument), load the data, print both."""
-    profile = profile or _profiles.default_profile()
-    merged = _profiles.params_for(profile, notebook)
-    merged.update({k: v for k, v in params.items() if v is not None})
-    merged["profile"] = profile
-    if merged.get("threads"):
-        torch.set_num_threads(int(merged["threads"]))
-    root = resolve_data_root(merged.get("data_root"))
-    if merged["dataset"] == "synthetic":
-        root = None
-    data = load_dataset(merged["dataset"], root, seed=0, image_size=merged.get("image_size"),
-                        train_limit=merged.get("train_limit"), val_limit=merged.get("val_limit"),
-                        test_limit=merged.get("test_limit"), synthetic=merged.get("synthetic"))
-    print(f"{notebook} | profile {profile}: {_profiles.SCALING.get(profile, '')}")
-    print(data.describe())
-    print("parameters:", json.dumps(_jsonable({k: v for k, v in merged.items()}), default=str))
-    return Context(notebook, merged, data)
+# --------------------------------------------------------------------------- notebook set-up
+def _injected_by_papermill(namespace: dict) -> set[str]:
+    """Names passed with papermill -p: it adds a cell starting "# Parameters", which IPython's input history keeps."""
+    cells = [source for source in namespace.get("In", []) if source.startswith("# Parameters\n")]
+    return {node.targets[0].id for node in ast.parse(cells[-1]).body} if cells else set()
+
+
+def notebook_params(notebook: str, namespace: dict | None = None, **overrides) -> tuple[dict, dict]:
+    """The parameters of one notebook run, and who set each: "notebook", "profile <name>" or "explicit".
+
+    The profile named by `profile` is loaded over the notebook's defaults (profiles.params_for). Explicit values
+    win over both: names papermill injected (-p), values in `namespace` (the notebook's globals()) that differ
+    from the notebook's saved defaults (edited in Jupyter), and `overrides`.
+    """
+    defaults = _profiles.notebook_defaults(notebook)
+    namespace = namespace or {}
+    injected = _injected_by_papermill(namespace)
+    unknown = sorted((injected | set(overrides)) - set(defaults))
+    if unknown:
+        raise unknown_name("parameter", unknown[0], defaults)
+    explicit = {k: namespace[k] for k in defaults if k in namespace and (k in injected or namespace[k] != defaults[k])}
+    explicit.update(overrides)
+    profile = explicit.get("profile", defaults["profile"])
+    from_profile = _profiles.params_for(profile, notebook)
+    params = {**from_profile, **explicit}
+    set_by = {k: "explicit" if v != from_profile[k] or (k == "profile" and k in explicit) else
+              f"profile {profile}" if v != defaults[k] else "notebook" for k, v in params.items()}
+    return params, set_by
+
+
+def _param_lines(params: dict, set_by: dict, from_profile: dict, defaults: dict, profile: str) -> str:
+    """`name = value  # who set it, and the values it replaced`, explicit first: exact, and pastes into a cell."""
+    rows = []
+    for kind in ("explicit", f"profile {profile}", "notebook"):
+        for k, v in params.items():
+            if set_by[k] != kind:
+                continue
+            note = [kind]
+            if kind == "explicit" and from_profile[k] not in (v, defaults[k]):
+                note.append(f"profile {profile}: {from_profile[k]!r}")
+            if defaults[k] != v:
+                note.append(f"notebook: {defaults[k]!r}")
+            rows.append((f"{k} = {v!r}", "; ".join(note)))
+    width = min(48, max(len(code) for code, _ in rows))
+    return "\n".join(f"{code:<{width}}  # {note}" for code, note in rows)
+
+
+def setup(notebook: str, namespace: dict | None = None, **overrides) -> Context:
+    """Resolve the parameters (notebook_params), load the data and print which run this is: commit, profile, its
+    scaling for this notebook, the data, where outputs go, and every parameter with who set it.
+
+    In a notebook: `ctx = setup("02_logits", globals())`; from Python: `setup("02_logits", profile="smoke")`.
+    """
+    params, set_by = notebook_params(notebook, namespace, **overrides)
+    profile = params["profile"]
+    lines = _param_lines(params, set_by, _profiles.params_for(profile, notebook), _profiles.notebook_defaults(notebook),
+                         profile)
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
+    root = None if params["dataset"] == "synthetic" else resolve_data_root(params["data_root"])
+    data = load_dataset(params["dataset"], root, seed=0, image_size=params.get("image_size"),
+                        train_limit=params.get("train_limit"), val_limit=params.get("val_limit"),
+                        test_limit=params.get("test_limit"), synthetic=params.get("synthetic"))
+    params.update(data_root=str(root) if root else None, results_dir=str(project_path(params["results_dir"])),
+                  checkpoint_dir=str(project_path(params["checkpoint_dir"])))
+    scaling = _profiles.scaling_for(profile, notebook)
+    print(f"{notebook} · profile {profile} · commit {git_commit()} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"scaling ({profile}): {scaling}")
+    print(f"data: {data.describe()}")
+    print(f"writes {Path(params['results_dir']) / profile / notebook}.json; checkpoints in {params['checkpoint_dir']}")
+    print(f"parameters (explicit: papermill -p, --param or edited here; profile {profile}: profiles/{profile}.yaml):")
+    print(lines)
+    ctx = Context(notebook, params, data)
+    ctx.extra["provenance"] = {"scaling": scaling, "set_by": {k: v for k, v in set_by.items() if v != "notebook"}}
+    return ctx

@@ -49,14 +49,66 @@ def test_run_seeds_and_write_results(data, tmp_path):
     assert path == tmp_path / "unit" / "00_test.json"
     by = {m["method"]: m for m in res["metrics"]}
     assert by["baseline"]["n"] == 2 and by["baseline"]["delta_acc"] == 0 and by["kd"]["params"] == 1
-    assert "±" in by["kd"]["test_acc"] and isinstance(by["kd"]["clear_gain"], bool)
+    assert "±" in by["kd"]["test_acc"] and isinstance(by["kd"]["significant"], bool) and by["kd"]["n_pairs"] == 2
+    assert by["kd"]["delta_ci_low"] <= by["kd"]["delta_acc"] <= by["kd"]["delta_ci_high"]
+    assert by["baseline"]["significant"] is None
     assert res["run_info"]["dataset"]["source"] == "synthetic gratings" and res["teacher"]["name"] == "tiny_resnet"
     assert not list(tmp_path.glob("unit/.*tmp*"))  # atomic write leaves no temp file
 
 
+def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monkeypatch):
+    first = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
+    assert not first.runs["reused"].any()
+    assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+                        **TINY).runs["reused"].all()
+    assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+                            cache=False, **TINY).runs["reused"].any()
+    monkeypatch.setattr(ex, "code_version", lambda: "edited-sources")
+    assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+                            **TINY).runs["reused"].any()  # a code change never serves the old run
+
+
+def test_code_version_hashes_the_package_sources():
+    assert len(ex.code_version()) == 12 and ex.code_version() == ex.code_version()
+
+
+def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_path):
+    from kdcore.distill import Term
+
+    class L1Logits(Term):
+        name = "l1"
+
+        def forward(self, s):
+            return (s.student_logits - s.teacher_logits).abs().mean()
+
+    teacher = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
+    ctx = ex.Context("00_test", {"seeds": [0, 1], "student": "student_light", "checkpoint_dir": str(tmp_path),
+                                 "latency_min_run_time": 0.01, "epochs": 1, "batch_size": 64, "device": "cpu"}, data)
+    ctx.teacher_result = teacher
+    ctx.run("baseline")
+    term = L1Logits(weight=0.5)
+    mine = ctx.run(term)
+    assert term.pairs is None and "loss_l1" in mine.histories[0] and not mine.runs["reused"].any()
+    table = ctx.summary()
+    assert list(table.index) == ["baseline", "l1"]
+    text = table.to_string()
+    assert "nan" not in text.lower() and "False" not in text and "None" not in text
+    assert table.loc["l1", "significant"] in ("yes", "no") and "[" in table.loc["l1", "Δ acc vs baseline [95 % CI]"]
+    assert table.loc["baseline", "latency ms"] == table.loc["l1", "latency ms"]  # one measurement per architecture
+    assert ctx.best_and_worst(["baseline", "l1"])[0] == max(
+        ["baseline", "l1"], key=lambda lab: ctx.results[lab].runs["val_acc"].mean())  # chosen on validation
+
+
 def test_profiles_cover_every_notebook():
-    for name in profiles.PROFILES:
+    assert set(profiles.PROFILES) == {"smoke", "cpu", "gpu"}
+    for name, profile in profiles.PROFILES.items():
+        assert set(profile) - {"scaling", "common"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
         for nb in profiles.NOTEBOOKS:
-            p = profiles.params_for(name, nb)
-            assert p["profile"] == name and len(p["seeds"]) >= 2
+            defaults, p = profiles.notebook_defaults(nb), profiles.params_for(name, nb)
+            assert set(p) == set(defaults), f"{name}.yaml sets names {nb} has no parameter for"
+            assert p["profile"] == name and profiles.scaling_for(name, nb)
+            assert len(p["seeds"]) >= (2 if name == "smoke" else 3)  # paired comparisons need >= 3 seeds
+    for nb in profiles.NOTEBOOKS:  # the notebooks' defaults are the cpu profile: cpu.yaml changes nothing
+        assert profiles.params_for("cpu", nb) == {**profiles.notebook_defaults(nb), "profile": "cpu"}
     assert profiles.params_for("smoke", "07_eurosat")["synthetic"]["image_size"] == 64
+    assert profiles.params_for("gpu", "06_efficientvit")["student"] == "efficientvit_b1"  # common does not leak
