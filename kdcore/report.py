@@ -588,13 +588,16 @@ def build_parser():
                     help="also copy every figure of the notebooks that ran to DIR/<notebook>-<k>.png")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable), e.g. --param epochs=2 --param seeds=[0]")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="train every run again instead of reusing identical finished runs (same as --param cache=false)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        plan = make_plan(args.profile, args.notebooks, args.out, args.show_code, args.param)
+        plan = make_plan(args.profile, args.notebooks, args.out, args.show_code,
+                         args.param + (["cache=false"] if args.no_cache else []))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

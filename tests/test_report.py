@@ -229,3 +229,12 @@ def test_smoke_report_end_to_end(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "smoke"]  # the stage folder is gone
     figures = {p.name for p in (tmp_path / "images").iterdir()}
     assert {f"{nb}-1.png" for nb in NOTEBOOKS} <= figures  # every notebook plots at least its loss curves
+
+
+def test_no_cache_flag_sets_the_cache_parameter(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(report, "run", lambda plan: seen.setdefault("plan", plan) and 0)
+    assert report.main(["--profile", "smoke", "--notebooks", "02", "--no-cache"]) == 0
+    assert seen["plan"].parameters["02_logits"]["cache"] is False
+    plan = report.make_plan("smoke", ["02"], "results")
+    assert plan.parameters["02_logits"]["cache"] is True
