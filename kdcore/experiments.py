@@ -114,7 +114,7 @@ def train_overrides(**kw) -> dict:
     return {k: v for k, v in kw.items() if k in fields and v is not None}
 
 
-def efficiency(model: nn.Module) -> dict:
+def model_size(model: nn.Module) -> dict:
     """Parameters (all, frozen included) and size in MB; latency is measured per notebook (Context.latencies)."""
     return {"params": count_parameters(model, trainable_only=False), "size_mb": size_mb(model)}
 
@@ -450,7 +450,7 @@ class Context:
                          teacher=teacher, label=label, student_kwargs=kw, pretrained=pretrained,
                          distill=distill_and_train, checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"),
                          cache=self.params.get("cache", True), **train)
-        runs.efficiency = efficiency(runs.model)
+        runs.efficiency = model_size(runs.model)
         self._architecture[label] = (f"{student} {_hash(kw)}", runs.model)
         self.results[label] = runs
         return runs
@@ -562,7 +562,7 @@ class Context:
         if t is not None:
             teacher = {"name": t.name, "test_acc": t.test_acc, "test_f1": t.test_f1, "trained_here": t.trained,
                        "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
-                       **efficiency(t.model), **latency.get("teacher", {})}
+                       **model_size(t.model), **latency.get("teacher", {})}
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
         payload = {"runs": runs, "baseline": baseline if baseline in self.results else None, "teacher": teacher,
                    "efficiency": {k: {**r.efficiency, **latency.get(k, {})} for k, r in self.results.items()},
