@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import html
 import json
+import logging
 import os
 import re
 import shutil
@@ -221,6 +223,16 @@ def _signal_kernel(km, signum: int) -> None:
     if pgid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signum)
+
+
+def _drop_closed_socket_callbacks(record: logging.LogRecord) -> bool:
+    """Logging filter for tornado: drop the one known-benign shutdown race, a ZMQ stream callback that fires after
+    jupyter_client closed the kernel's socket ("Socket operation on non-socket"); every other record passes."""
+    err = record.exc_info[1] if record.exc_info else None
+    return not (type(err).__name__ == "ZMQError" and getattr(err, "errno", None) == errno.ENOTSOCK)
+
+
+logging.getLogger("tornado.general").addFilter(_drop_closed_socket_callbacks)
 
 
 def execute(nb: str, output: Path, params: dict) -> None:

@@ -238,3 +238,22 @@ def test_no_cache_flag_sets_the_cache_parameter(monkeypatch):
     assert seen["plan"].parameters["02_logits"]["cache"] is False
     plan = report.make_plan("smoke", ["02"], "results")
     assert plan.parameters["02_logits"]["cache"] is True
+
+
+def test_only_the_closed_socket_shutdown_race_is_dropped_from_tornados_log():
+    import errno
+    import logging
+
+    zmq = pytest.importorskip("zmq")
+
+    def record(err):
+        try:
+            raise err
+        except Exception:
+            return logging.getLogger("tornado.general").makeRecord(
+                "tornado.general", logging.ERROR, __file__, 1, "Uncaught exception in ZMQStream callback", (),
+                sys.exc_info())
+
+    assert not report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.ENOTSOCK)))
+    assert report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.EAGAIN)))
+    assert report._drop_closed_socket_callbacks(record(ValueError("a real error")))
