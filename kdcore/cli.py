@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             print(json.dumps(summary), flush=True)
+        if initialised:
+            # Tear down together: a rank that destroys gloo while its peer is still finishing the last
+            # collective makes the peer abort ("terminate called without an active exception").
+            dist.barrier()
         return 0
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
