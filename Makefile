@@ -1,4 +1,4 @@
-# kdcore: `make test` (what CI runs), `make report PROFILE=smoke|cpu|gpu [NOTEBOOKS="02 05"]`, `make bench`.
+# kdcore: `make test` (what CI runs), `make report PROFILE=smoke|cpu|full|gpu [NOTEBOOKS="02 05"]`, `make bench`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

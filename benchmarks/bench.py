@@ -217,6 +217,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=12, help="timed steps per mode in the step-time comparison")
     p.add_argument("--out", default=str(ROOT / "results" / "bench"))
     a = p.parse_args(argv)
+    commit = git_commit()  # at the start: the code that runs, not edits made while it runs
     device = resolve_device(a.device)
     a.batch_size = a.batch_size or (256 if device.type == "cuda" else 64)
     cl = a.channels_last  # fit() does channels_last itself on CUDA; on CPU the weights' format carries it
@@ -320,7 +321,7 @@ def main(argv=None):
 
     result = {
         "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": cpu_features(), "commit": git_commit(), "data_source": source,
+        "threads": torch.get_num_threads(), "cpu": cpu_features(), "commit": commit, "data_source": source,
         "workload": {"dataset": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test),
                      "epochs": a.epochs, "teacher": a.teacher, "teacher_epochs": teacher_run.get("epochs", a.teacher_epochs),
                      "teacher_test_acc": teacher_acc, "teacher_train_s": teacher_s, "teacher_run": teacher_run,

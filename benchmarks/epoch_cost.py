@@ -50,6 +50,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(ROOT / "results" / "bench"))
     a = p.parse_args(argv)
+    commit = git_commit()  # at the start: the code that runs, not edits made while it runs
     device = resolve_device(a.device)
     precision = resolve_precision("auto", device)
     bf16 = precision == "bf16"
@@ -89,7 +90,7 @@ def main(argv=None) -> dict:
         table.append({k: r[k] for k in ("row", "student", "teacher", "method", "image_size", "batch_size",
                                          "train_images")} | {"step_s": step, "images_per_s": ips, "epoch_s": epoch_s})
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": cpu_features(), "precision": precision, "commit": git_commit(), "steps": a.steps,
+              "cpu": cpu_features(), "precision": precision, "commit": commit, "steps": a.steps,
               "warmup": a.warmup, "rows": table,
               "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     out = atomic_write_text(json.dumps(result, indent=2) + "\n", Path(a.out) / f"epoch_cost-{device.type}.json")

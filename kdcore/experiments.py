@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from . import airbench
 from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
@@ -162,6 +163,7 @@ class TeacherResult:
     seconds: float
     eval: dict
     pretrained: bool = False
+    test_acc_tta: float | None = None  # airbench only: with its test-time augmentation (KD uses plain logits)
 
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
@@ -180,6 +182,8 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
 
     The key hashes everything that changes the teacher (data content, model + kwargs, epochs, lr, batch size,
     seed, pretrained, other training settings), so a notebook run alone trains it and the others reuse it.
+    `airbench` trains with its own recipe (kdcore.airbench.train: `epochs` may be 9.9, its lr and batch size are
+    the recipe's) and also records its TTA test accuracy; every other teacher trains with fit().
     """
     global TEACHER_TRAININGS
     train = train_overrides(**train)
@@ -192,27 +196,36 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
         model = create_model(name, data.num_classes, data.in_channels, **model_kwargs)
         model.load_state_dict(ckpt["model"])
         trained, history, seconds = False, pd.DataFrame(ckpt["history"]), ckpt["seconds"]
-        logits, labels = ckpt["test_logits"], ckpt["test_labels"]
+        logits, labels, tta = ckpt["test_logits"], ckpt["test_labels"], ckpt.get("test_acc_tta")
         print(f"teacher {name}: loaded {path} (trained earlier in {seconds:.0f}s)")
     else:
         seed_everything(seed)
         model = create_model(name, data.num_classes, data.in_channels, pretrained=bool(pretrained), **model_kwargs)
         print(f"teacher {name}: training {epochs} epochs (no cached {path.name})")
-        result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                     progress=progress, **train)
+        tta = None
+        if name == "airbench":
+            run = airbench.train(model, data, epochs=epochs, batch_size=min(airbench.BATCH_SIZE, len(data.train)), seed=seed,
+                                 device=device,
+                                 precision=train.get("precision", "auto"), progress=True)
+            history, seconds, tta = pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"]
+        else:
+            result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                         progress=progress, **train)
+            history, seconds = result.history, result.seconds
         TEACHER_TRAININGS += 1
         ev = evaluate(model, data, "test", device=device)
-        logits, labels, history, seconds, trained = ev["logits"], ev["labels"], result.history, result.seconds, True
+        logits, labels, trained = ev["logits"], ev["labels"], True
         atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history.to_dict("records"),
-                     "seconds": seconds, "test_logits": logits, "test_labels": labels, "key": key, "name": name,
-                     "model_kwargs": model_kwargs}, path)
+                     "seconds": seconds, "test_logits": logits, "test_labels": labels, "test_acc_tta": tta, "key": key,
+                     "name": name, "model_kwargs": model_kwargs}, path)
     model.eval()
     ev = classification_metrics(labels, logits.argmax(1), data.classes)
     ev["logits"], ev["labels"] = logits, labels
     model.kd_teacher_key = key
-    print(f"teacher {name}: test accuracy {ev['accuracy']:.4f}, macro-F1 {ev['f1_macro']:.4f}")
+    with_tta = f" (with TTA {tta:.4f}; KD uses the plain logits)" if tta is not None else ""
+    print(f"teacher {name}: test accuracy {ev['accuracy']:.4f}{with_tta}, macro-F1 {ev['f1_macro']:.4f}")
     return TeacherResult(model, name, key, path, trained, ev["accuracy"], ev["f1_macro"], history, seconds, ev,
-                         bool(pretrained))
+                         bool(pretrained), tta)
 
 
 # --------------------------------------------------------------------------- multi-seed runs
@@ -560,7 +573,8 @@ class Context:
         latency = self.latencies()
         teacher = None
         if t is not None:
-            teacher = {"name": t.name, "test_acc": t.test_acc, "test_f1": t.test_f1, "trained_here": t.trained,
+            teacher = {"name": t.name, "test_acc": t.test_acc, "test_acc_tta": t.test_acc_tta, "test_f1": t.test_f1,
+                       "trained_here": t.trained,
                        "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
                        **model_size(t.model), **latency.get("teacher", {})}
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)

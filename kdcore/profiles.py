@@ -6,6 +6,7 @@ block for every notebook, then one block per notebook, and `scaling:` (what was 
 
 smoke  synthetic data, tiny models, 1-2 epochs: the whole suite in a few minutes on 2 CPU cores (CI runs it).
 cpu    real CIFAR-10 and EuroSAT scaled to 2 CPU cores: the notebooks' defaults, so its file changes nothing.
+full   the seed reports' scale on CPU or GPU: full data, EuroSAT at 64 px, the airbench teacher, 30 epochs, 3 seeds.
 gpu    seed-project scale: full data, resnet18_cifar / resnet101 teachers, 30+ epochs, 3 seeds.
 
 `default_profile()` picks gpu when CUDA is available, else cpu.
@@ -43,7 +44,7 @@ def default_profile(verbose: bool = True) -> str:
     name = "gpu" if torch.cuda.is_available() else "cpu"
     if verbose:
         why = "CUDA is available" if name == "gpu" else "no CUDA device found"
-        print(f"profile: {name} (default, because {why}; choose with make report PROFILE=smoke|cpu|gpu, or --profile)")
+        print(f"profile: {name} (default, because {why}; choose with make report PROFILE=smoke|cpu|full|gpu, or --profile)")
     return name
 
 

@@ -1,6 +1,6 @@
 """`kdcore report`: run the notebooks with papermill, render HTML pages and a leaderboard.
 
-    kdcore report [--profile smoke|cpu|gpu] [--notebooks 01 02 ...] [--show-code] [--out results]
+    kdcore report [--profile smoke|cpu|full|gpu] [--notebooks 01 02 ...] [--show-code] [--out results]
                   [--param key=value ...]
 
 A run never writes into the published folder <out>/<profile>/ while notebooks run: they run in a fresh

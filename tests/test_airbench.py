@@ -112,3 +112,17 @@ def test_bf16_on_request_and_bad_arguments(data):
         airbench.train(model, data, epochs=1, batch_size=64, precision="fp16", progress=False)
     with pytest.raises(kdcore.ConfigError, match="batch_size"):
         airbench.train(model, data, epochs=1, batch_size=1024, progress=False)
+
+
+def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_path):
+    from kdcore import experiments as ex
+
+    before = ex.TEACHER_TRAININGS
+    kw = dict(model_kwargs=dict(widths=SMALL), epochs=1, checkpoint_dir=tmp_path, device="cpu")
+    first = ex.get_teacher(data, "airbench", **kw)
+    assert first.trained and ex.TEACHER_TRAININGS == before + 1
+    assert set(first.history.columns) >= {"epoch", "steps", "train_loss", "val_acc"}  # airbench.train's history
+    assert 0 <= first.test_acc_tta <= 1
+    second = ex.get_teacher(data, "airbench", **kw)
+    assert not second.trained and ex.TEACHER_TRAININGS == before + 1
+    assert second.test_acc_tta == first.test_acc_tta and second.test_acc == pytest.approx(first.test_acc)

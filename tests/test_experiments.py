@@ -100,7 +100,7 @@ def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_pat
 
 
 def test_profiles_cover_every_notebook():
-    assert set(profiles.PROFILES) == {"smoke", "cpu", "gpu"}
+    assert set(profiles.PROFILES) == {"smoke", "cpu", "full", "gpu"}
     for name, profile in profiles.PROFILES.items():
         assert set(profile) - {"scaling", "common"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
         for nb in profiles.NOTEBOOKS:
