@@ -138,8 +138,10 @@ def run(args: argparse.Namespace) -> dict:
     from .distill import make_distiller, parse_method
     from .evaluate import evaluate
     from .models import create_model
-    from .train import TrainConfig, _dist, fit
+    from .experiments import git_commit
+    from .train import TrainConfig, _dist, cpu_features, fit
 
+    commit = git_commit()  # the code this run starts with
     if parse_method(args.method) and not args.teacher:  # (an unknown method name is refused first)
         raise ConfigError(f"--method {args.method} distils from a teacher: pass --teacher NAME with --teacher-checkpoint "
                           f"PATH or --teacher-pretrained, or use --method baseline.")
@@ -179,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
                "final_val_acc": float(last["val_acc"]) if last is not None else None,
                "test_acc": test["accuracy"], "test_f1": test["f1_macro"],
                "resumed_from": result.resumed_from, "world_size": world, "device": result.device,
+               "precision": result.precision, "cpu": cpu_features(), "commit": commit,
                "seconds": round(result.seconds, 3), "out_dir": str(result.out_dir) if result.out_dir else None}
     hashes = [_state_hash(student)]
     if world > 1:
