@@ -204,9 +204,9 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
         print(f"teacher {name}: training {epochs} epochs (no cached {path.name})")
         tta = None
         if name == "airbench":
-            run = airbench.train(model, data, epochs=epochs, batch_size=min(airbench.BATCH_SIZE, len(data.train)), seed=seed,
-                                 device=device,
-                                 precision=train.get("precision", "auto"), progress=True)
+            batch = min(airbench.BATCH_SIZE, len(data.train))  # the recipe's batch, unless the split is smaller
+            run = airbench.train(model, data, epochs=epochs, batch_size=batch, seed=seed, device=device,
+                                 precision=train.get("precision", "auto"), progress=True)  # one line per epoch
             history, seconds, tta = pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"]
         else:
             result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
@@ -574,8 +574,7 @@ class Context:
         teacher = None
         if t is not None:
             teacher = {"name": t.name, "test_acc": t.test_acc, "test_acc_tta": t.test_acc_tta, "test_f1": t.test_f1,
-                       "trained_here": t.trained,
-                       "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
+                       "trained_here": t.trained, "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
                        **model_size(t.model), **latency.get("teacher", {})}
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
         payload = {"runs": runs, "baseline": baseline if baseline in self.results else None, "teacher": teacher,
