@@ -267,7 +267,8 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
         key_cfg = dict(code=code_version(), data=data_fingerprint(data), method=method, student=student, kwargs=student_kwargs,
                        pretrained=bool(pretrained), distill=distill if uses_teacher else {}, teacher=t_key,
                        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       train={k: v for k, v in train.items() if k not in ("progress", "device")})
+                       train={k: v for k, v in train.items() if k not in ("progress", "device")
+                              and (uses_teacher or k != "teacher_cache")})  # no teacher: its cache is moot
         path = (Path(checkpoint_dir) / "runs" / f"{student}-{label.replace(':', '_').replace(' ', '_')}-{_hash(key_cfg)}.pt"
                 if cacheable else None)
         seed_everything(seed)
@@ -333,8 +334,9 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
 
 
 def git_commit() -> str:
-    """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it, "unknown" outside
-    git. --no-optional-locks: never take the index lock from under a git command running beside us."""
+    """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it. Outside git (a
+    copied tree, e.g. on a lent GPU machine) it is $KDCORE_COMMIT, else "unknown". --no-optional-locks: never take
+    the index lock from under a git command running beside us."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=30)
@@ -342,8 +344,10 @@ def git_commit() -> str:
         head = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return "unknown" if head.returncode else head.stdout.strip() + ("+dirty" if dirty else "")
+        head = None
+    if head is None or head.returncode:
+        return os.environ.get("KDCORE_COMMIT") or "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run_info(params: dict | None = None, data: DataBundle | None = None, notebook: str | None = None) -> dict:

@@ -352,8 +352,9 @@ def publish(stage: Path, published: Path, statuses: list[dict]) -> None:
     target = published / "_static" / MATHJAX
     if source and (not target.exists() or target.read_bytes() != source.read_bytes()):
         target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(source, target.with_name(f".{MATHJAX}.tmp"))
-        os.replace(target.with_name(f".{MATHJAX}.tmp"), target)
+        tmp = target.with_name(f".{MATHJAX}.{os.getpid()}.tmp")  # reports publishing at once each use their own
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
 
 # --------------------------------------------------------------------------- index + leaderboard

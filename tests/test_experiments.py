@@ -63,6 +63,8 @@ def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monke
                         **TINY).runs["reused"].all()
     assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                             cache=False, **TINY).runs["reused"].any()
+    assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, teacher_cache=True,
+                        **TINY).runs["reused"].all()  # one baseline serves notebooks with and without a teacher cache
     monkeypatch.setattr(ex, "code_version", lambda: "edited-sources")
     assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                             **TINY).runs["reused"].any()  # a code change never serves the old run

@@ -153,6 +153,9 @@ def test_data_root_parameter_then_kdcore_data_then_shared(monkeypatch, tmp_path)
 def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
     monkeypatch.setattr(ex, "REPO_ROOT", tmp_path)
     assert ex.git_commit() == "unknown"  # not a git checkout
+    monkeypatch.setenv("KDCORE_COMMIT", "abc1234 (copied tree)")
+    assert ex.git_commit() == "abc1234 (copied tree)"  # a copy says which commit it was made from
+    monkeypatch.delenv("KDCORE_COMMIT")
 
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,

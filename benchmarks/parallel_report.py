@@ -1,0 +1,199 @@
+"""Run a profile's report on one GPU with many runs at once: every cacheable run of the chosen notebooks is
+trained in its own process, N at a time, and each notebook's `kdcore report` starts as soon as its runs are in
+the run cache (checkpoints/runs/), so its page is rendered from the cache.
+
+Why: a small student's training step is bound by kernel launches, so one run leaves an H100 mostly idle; N runs
+at once share it. The runs are exactly the notebooks' own: the calls below mirror the notebooks' cells with one
+seed per process, and hit the same cache keys (a notebook re-trains anything they missed, only slower).
+s/run in the pages is the wall time of a run that shared the GPU with the others.
+
+    python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 06 --jobs 12 --deadline 480
+
+Nothing new starts after --deadline seconds; what still runs then is stopped (a report with Ctrl-C, so it
+leaves results/ as it was). Pages go to results/<profile>/, whose index is rebuilt at the end. Logs:
+<logs>/<job>.log; the last lines printed are a table of what finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from kdcore import profiles  # noqa: E402
+
+# The notebooks' ctx calls, run with `seed` (and a, t, e, m, beta where bound). 06 mirrors its own cell.
+TEACHER = {"01_baseline": "ctx.teacher()",
+           "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))"}
+PRELUDE_06 = ("init = lambda name: ex.try_pretrained(name, ctx.pretrained, num_classes=ctx.data.num_classes)\n"
+              "head = {'drop_rate': ctx.drop_rate} if ctx.drop_rate is not None else {}\n")
+BASELINE = "ctx.run('baseline', seeds=[seed])"
+BASELINE_06 = "ctx.run('baseline', student_kwargs={**ctx.student_kwargs, **head}, pretrained=init(ctx.student), seeds=[seed])"
+KD_06 = ("ctx.run('kd', student_kwargs={**ctx.student_kwargs, **head}, pretrained=init(ctx.student), alpha=ctx.alpha, "
+         "temperature=ctx.temperature, seeds=[seed])")
+KD = "ctx.run('kd', alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
+SWEEP = "ctx.run('kd', f'kd a={a} T={t}', alpha=a, temperature=t, seeds=[seed], **({'epochs': e} if e else {}))"
+HIDDEN = "ctx.run('hidden', level_weights=ctx.level_weights, weights={'hidden': ctx.hidden_weight}, seeds=[seed])"
+FITNET = "ctx.run('fitnet', weights={'fitnet': ctx.fitnet_weight}, seeds=[seed])"
+METHOD = "ctx.run(m, alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
+AT_WEIGHT = "ctx.run('at', f'at β={beta:g}', weights={'at': beta}, seeds=[seed])"
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    needs: set[str] = field(default_factory=set)
+    report: bool = False
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    status: str = "waiting"  # waiting | running | ok | failed | stopped | not started
+    seconds: float = 0.0
+
+
+def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
+    """(job name, code, bindings) for every cacheable run that notebook `nb` makes under parameters `p`."""
+    seeds = p["seeds"]
+    if nb == "01_baseline":
+        return [(f"01 baseline s{s}", BASELINE, {"seed": s}) for s in seeds]
+    if nb == "02_logits":
+        return ([(f"02 kd s{s}", KD, {"seed": s}) for s in seeds] +
+                [(f"02 kd a={a} T={t} s{s}", SWEEP, {"seed": s, "a": a, "t": t, "e": p["sweep_epochs"]})
+                 for a in p["sweep_alphas"] or [] for t in p["sweep_temperatures"] or [] for s in p["sweep_seeds"]])
+    if nb == "03_hidden_state":
+        return [(f"03 hidden s{s}", HIDDEN, {"seed": s}) for s in seeds]
+    if nb == "04_regressor":
+        return [(f"04 fitnet s{s}", FITNET, {"seed": s}) for s in seeds]
+    if nb == "05_bonus":  # its L2Logits term is defined in the notebook, so never cached: the report trains it
+        return ([(f"05 {m} s{s}", METHOD, {"seed": s, "m": m}) for m in p["methods"] for s in seeds] +
+                [(f"05 at β={b:g} s{s}", AT_WEIGHT, {"seed": s, "beta": b}) for b in p["at_weights"] for s in seeds])
+    if nb == "06_efficientvit":
+        return ([(f"06 baseline s{s}", BASELINE_06, {"seed": s}) for s in seeds] +
+                [(f"06 kd s{s}", KD_06, {"seed": s}) for s in seeds])
+    raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
+
+
+def plan(profile: str, notebooks: list[str], report_args: list[str]) -> list[Job]:
+    """Jobs in priority order: teachers, the shared CIFAR-10 baseline, each notebook's runs, then the reports
+    (a report starts first once its runs are cached)."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, "--worker"]
+    cifar = [nb for nb in notebooks if nb in profiles.NOTEBOOKS[:5]]  # they share 01's teacher and baseline
+    owners = (["01_baseline"] if cifar else []) + [nb for nb in notebooks if nb != "01_baseline"]
+    jobs = [Job(f"{nb[:2]} teacher", me + [nb, TEACHER[nb], "{}"]) for nb in TEACHER if nb in owners]
+    for nb in owners:
+        teacher = {"06 teacher" if nb == "06_efficientvit" else "01 teacher"}
+        jobs += [Job(name, me + [nb, code, json.dumps(bind)], set() if "baseline" in name else teacher)
+                 for name, code, bind in run_calls(nb, profiles.params_for(profile, nb))]
+    runs = list(jobs)
+    for nb in notebooks:
+        needs = {j.name for j in runs if j.name[:2] == nb[:2] or (nb in cifar and j.name[:2] == "01")}
+        jobs.append(Job(f"{nb[:2]} report", [sys.executable, "-m", "kdcore", "report", "--profile", profile,
+                                             "--notebooks", nb, *report_args], needs, report=True))
+    return jobs
+
+
+def worker(profile: str, nb: str, code: str, bindings: str) -> None:
+    from kdcore import experiments as ex
+
+    ctx = ex.setup(nb, profile=profile, threads=1)
+    namespace = {"ctx": ctx, "ex": ex, **json.loads(bindings)}
+    exec(PRELUDE_06 if nb == "06_efficientvit" else "", namespace)
+    exec(code, namespace)
+
+
+def stop(running: list[Job], grace: float = 20.0) -> None:
+    """Ctrl-C to reports (they clean up their stage folder and leave results/ as it was), SIGTERM to runs."""
+    for j in running:
+        j.proc.send_signal(signal.SIGINT if j.report else signal.SIGTERM)
+    end = time.monotonic() + grace
+    for j in running:
+        try:
+            j.proc.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            j.proc.kill()
+        j.status = "stopped"
+
+
+def schedule(jobs: list[Job], n: int, deadline: float, logs: Path, t0: float) -> None:
+    """Start jobs whose inputs are done, N at a time, until none is left or `deadline` seconds after t0
+    (or Ctrl-C): then stop the running ones."""
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        _loop(jobs, n, deadline, logs, t0)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    running = [j for j in jobs if j.status == "running"]
+    stop(running)
+    print(f"[{time.monotonic() - t0:5.0f}s] stopped: {', '.join(j.name for j in running) or 'nothing'}", flush=True)
+    for j in jobs:
+        if j.status == "waiting":
+            j.status = "not started"
+    print(f"{'job':<24} {'status':<12} seconds")
+    for j in jobs:
+        print(f"{j.name:<24} {j.status:<12} {j.seconds}")
+
+
+def _loop(jobs: list[Job], n: int, deadline: float, logs: Path, t0: float) -> None:
+    while True:
+        now = time.monotonic() - t0
+        for j in jobs:
+            if j.status == "running" and j.proc.poll() is not None:
+                j.status, j.seconds = ("ok" if j.proc.returncode == 0 else "failed"), round(now - j.started)
+                print(f"[{now:5.0f}s] {j.name}: {j.status} in {j.seconds}s", flush=True)
+        done = {j.name for j in jobs if j.status == "ok"}
+        dead = {j.name for j in jobs if j.status in ("failed", "stopped", "not started")}
+        for j in jobs:  # a job whose inputs failed cannot start
+            if j.status == "waiting" and j.needs & dead:
+                j.status = "not started"
+        running = [j for j in jobs if j.status == "running"]
+        if now >= deadline:
+            print(f"[{now:5.0f}s] deadline", flush=True)
+            return
+        ready = sorted((j for j in jobs if j.status == "waiting" and j.needs <= done), key=lambda j: not j.report)
+        for j in ready[:max(0, n - len(running))]:
+            j.proc = subprocess.Popen(j.argv, cwd=REPO, stdout=open(logs / f"{j.name.replace(' ', '_')}.log", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+            j.status, j.started = "running", now
+            print(f"[{now:5.0f}s] {j.name}: started", flush=True)
+        if not running and not ready:
+            return
+        time.sleep(1)
+
+
+def main() -> None:
+    t0 = time.monotonic()  # --deadline counts from here, data decoding included
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="full")
+    ap.add_argument("--notebooks", nargs="+", default=["01", "02", "03", "04", "05", "06"])
+    ap.add_argument("--jobs", type=int, default=12, help="processes at once (runs and reports)")
+    ap.add_argument("--deadline", type=float, default=float("inf"),
+                    help="seconds from the start: then running jobs are stopped and nothing new starts")
+    ap.add_argument("--logs", default="runs/parallel_report", help="one log file per job")
+    ap.add_argument("--report-arg", action="append", default=[], help="passed to each kdcore report, e.g. --param=threads=2")
+    ap.add_argument("--worker", nargs=3, metavar=("NOTEBOOK", "CODE", "BINDINGS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.profile, *args.worker)
+    notebooks = [next(n for n in profiles.NOTEBOOKS if n.startswith(k)) for k in args.notebooks]
+    jobs = plan(args.profile, notebooks, args.report_arg)
+    from kdcore import experiments as ex  # decode the data once, before the workers share its cache
+
+    for nb in dict.fromkeys(("06_efficientvit" if nb.startswith("06") else "01_baseline") for nb in notebooks):
+        ex.setup(nb, profile=args.profile)
+    schedule(jobs, args.jobs, args.deadline, REPO / args.logs, t0)
+    from kdcore import report  # reports that published at once may each have missed the others: index them all
+
+    ran = [{"notebook": nb, "status": j.status} for nb, j in zip(notebooks, (j for j in jobs if j.report))
+           if j.status in ("ok", "failed")]
+    if ran:
+        print(f"index: {report.write_index(REPO / 'results' / args.profile, args.profile, ran, time.monotonic() - t0)}")
+
+
+if __name__ == "__main__":
+    main()
