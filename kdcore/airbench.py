@@ -65,12 +65,18 @@ TTA_VIEWS = ((False, 0, 1 / 4), (True, 0, 1 / 4),
 class ShiftBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1, so only its shift (bias) trains; airbench's momentum 0.6 is torch's 0.4.
 
-    The scale is left out (affine=False) rather than frozen, so every parameter of the net trains.
+    The scale is left out (affine=False) rather than frozen, so every parameter of the net trains. The shift is
+    added after the normalisation, not passed to F.batch_norm: with a bias and no weight, its CUDA backward returns
+    an empty bias gradient ("invalid gradient at index 2 - got [0]", torch 2.11 on an H100).
     """
 
     def __init__(self, channels: int):
         super().__init__(channels, eps=1e-12, momentum=0.4, affine=False)
-        self.bias = nn.Parameter(torch.zeros(channels))  # F.batch_norm adds it; there is no weight
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
+        return y + self.bias.to(y.dtype).view(1, -1, 1, 1)
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:

@@ -126,3 +126,27 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
     second = ex.get_teacher(data, "airbench", **kw)
     assert not second.trained and ex.TEACHER_TRAININGS == before + 1
     assert second.test_acc_tta == first.test_acc_tta and second.test_acc == pytest.approx(first.test_acc)
+
+
+def test_shift_batchnorm_is_batchnorm_plus_a_trained_shift():
+    torch.manual_seed(0)
+    norm, x = airbench.ShiftBatchNorm(8), torch.randn(4, 8, 5, 5)
+    with torch.no_grad():
+        norm.bias.normal_()
+    ref_mean, ref_var = torch.zeros(8), torch.ones(8)
+    ref = F.batch_norm(x, ref_mean, ref_var, None, norm.bias, True, 0.4, 1e-12)
+    torch.testing.assert_close(norm(x), ref)
+    torch.testing.assert_close(norm.running_mean, ref_mean)  # same running statistics (momentum 0.4)
+    norm(x).sum().backward()
+    torch.testing.assert_close(norm.bias.grad, torch.full((8,), 4 * 5 * 5.0))  # d(sum)/d(shift) = N·H·W
+    norm.eval()
+    stats = norm.running_mean, norm.running_var
+    torch.testing.assert_close(norm(x), F.batch_norm(x, *stats, None, norm.bias, False, 0.4, 1e-12))
+
+
+@pytest.mark.cuda
+def test_airbench_trains_on_cuda_in_bf16_and_channels_last(data):
+    model = airbench.AirbenchNet(widths=SMALL)
+    result = airbench.train(model, data, epochs=1, batch_size=64, device="cuda", progress=False)
+    assert result["precision"] == "bf16" and result["device"].startswith("cuda") and result["test_acc"] > 0
+    assert all(m.bias.grad is not None for m in model.modules() if isinstance(m, airbench.ShiftBatchNorm))
