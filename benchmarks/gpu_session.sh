@@ -12,7 +12,7 @@ exec > >(tee "$OUT/session.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+  export PYTHONPATH=/tmp/site JUPYTER_PATH=/tmp/site/share/jupyter  # nbconvert's templates live under share/
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export KDCORE_DATA=${KDCORE_DATA:-$PWD/.carry} KDCORE_CACHE=${KDCORE_CACHE:-/tmp/kdcore-cache}
@@ -23,7 +23,7 @@ python3 -c "from kdcore.report import ensure_kernelspec; ensure_kernelspec()" ||
  echo "pytest -m cuda: exit $?" >>"$OUT/pytest-cuda.log") &
 PYTEST=$!
 timeout -s INT $(($(left) - 25)) python3 benchmarks/parallel_report.py --profile full --notebooks $NOTEBOOKS \
-  --jobs "$JOBS" --deadline $(($(left) - 60)) --logs runs/parallel_report --report-arg=--param --report-arg=threads=2
+  --jobs "$JOBS" --deadline $(($(left) - 60)) --logs runs/parallel_report --param threads=2
 echo "parallel_report: exit $?, $(($(date +%s) - T0)) s into the session"
 wait $PYTEST  # not a bare wait: that also waits for the tee above
 tail -3 "$OUT/pytest-cuda.log"

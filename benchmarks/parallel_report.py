@@ -10,8 +10,9 @@ s/run in the pages is the wall time of a run that shared the GPU with the others
     python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 06 --jobs 12 --deadline 480
 
 Nothing new starts after --deadline seconds; what still runs then is stopped (a report with Ctrl-C, so it
-leaves results/ as it was). Pages go to results/<profile>/, whose index is rebuilt at the end. Logs:
-<logs>/<job>.log; the last lines printed are a table of what finished.
+leaves results/ as it was). Pages go to <out>/<profile>/, whose index is rebuilt at the end. --param values
+reach the runs and the reports alike (as in kdcore report). Logs: <logs>/<job>.log; the last lines printed are
+a table of what finished.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from kdcore import profiles  # noqa: E402
+from kdcore.report import parse_value  # noqa: E402
 
 # The notebooks' ctx calls, run with `seed` (and a, t, e, m, beta where bound). 06 mirrors its own cell.
 TEACHER = {"01_baseline": "ctx.teacher()",
@@ -79,29 +81,36 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
     raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
 
 
-def plan(profile: str, notebooks: list[str], report_args: list[str]) -> list[Job]:
+def overrides(params: list[str], nb: str) -> dict:
+    """--param values that notebook `nb` takes (kdcore report applies each where it exists, as here)."""
+    given = {k: parse_value(v) for k, v in (item.split("=", 1) for item in params)}
+    return {k: v for k, v in given.items() if k in profiles.notebook_defaults(nb)}
+
+
+def plan(profile: str, notebooks: list[str], params: list[str], out: str) -> list[Job]:
     """Jobs in priority order: teachers, the shared CIFAR-10 baseline, each notebook's runs, then the reports
     (a report starts first once its runs are cached)."""
-    me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, "--worker"]
+    given = [a for item in params for a in ("--param", item)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, *given, "--worker"]
     cifar = [nb for nb in notebooks if nb in profiles.NOTEBOOKS[:5]]  # they share 01's teacher and baseline
     owners = (["01_baseline"] if cifar else []) + [nb for nb in notebooks if nb != "01_baseline"]
     jobs = [Job(f"{nb[:2]} teacher", me + [nb, TEACHER[nb], "{}"]) for nb in TEACHER if nb in owners]
     for nb in owners:
         teacher = {"06 teacher" if nb == "06_efficientvit" else "01 teacher"}
         jobs += [Job(name, me + [nb, code, json.dumps(bind)], set() if "baseline" in name else teacher)
-                 for name, code, bind in run_calls(nb, profiles.params_for(profile, nb))]
+                 for name, code, bind in run_calls(nb, {**profiles.params_for(profile, nb), **overrides(params, nb)})]
     runs = list(jobs)
     for nb in notebooks:
         needs = {j.name for j in runs if j.name[:2] == nb[:2] or (nb in cifar and j.name[:2] == "01")}
         jobs.append(Job(f"{nb[:2]} report", [sys.executable, "-m", "kdcore", "report", "--profile", profile,
-                                             "--notebooks", nb, *report_args], needs, report=True))
+                                             "--notebooks", nb, "--out", out, *given], needs, report=True))
     return jobs
 
 
-def worker(profile: str, nb: str, code: str, bindings: str) -> None:
+def worker(profile: str, params: list[str], nb: str, code: str, bindings: str) -> None:
     from kdcore import experiments as ex
 
-    ctx = ex.setup(nb, profile=profile, threads=1)
+    ctx = ex.setup(nb, **{**overrides(params, nb), "profile": profile, "threads": 1})  # the GPU does the work
     namespace = {"ctx": ctx, "ex": ex, **json.loads(bindings)}
     exec(PRELUDE_06 if nb == "06_efficientvit" else "", namespace)
     exec(code, namespace)
@@ -174,25 +183,27 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=12, help="processes at once (runs and reports)")
     ap.add_argument("--deadline", type=float, default=float("inf"),
                     help="seconds from the start: then running jobs are stopped and nothing new starts")
+    ap.add_argument("--out", default="results", help="output root of the reports; pages go to OUT/PROFILE/")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter in runs and reports alike (repeatable), e.g. seeds=[0]")
     ap.add_argument("--logs", default="runs/parallel_report", help="one log file per job")
-    ap.add_argument("--report-arg", action="append", default=[], help="passed to each kdcore report, e.g. --param=threads=2")
     ap.add_argument("--worker", nargs=3, metavar=("NOTEBOOK", "CODE", "BINDINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.profile, *args.worker)
+        return worker(args.profile, args.param, *args.worker)
     notebooks = [next(n for n in profiles.NOTEBOOKS if n.startswith(k)) for k in args.notebooks]
-    jobs = plan(args.profile, notebooks, args.report_arg)
+    jobs = plan(args.profile, notebooks, args.param, args.out)
     from kdcore import experiments as ex  # decode the data once, before the workers share its cache
 
     for nb in dict.fromkeys(("06_efficientvit" if nb.startswith("06") else "01_baseline") for nb in notebooks):
-        ex.setup(nb, profile=args.profile)
+        ex.setup(nb, **{**overrides(args.param, nb), "profile": args.profile})
     schedule(jobs, args.jobs, args.deadline, REPO / args.logs, t0)
     from kdcore import report  # reports that published at once may each have missed the others: index them all
 
     ran = [{"notebook": nb, "status": j.status} for nb, j in zip(notebooks, (j for j in jobs if j.report))
            if j.status in ("ok", "failed")]
     if ran:
-        print(f"index: {report.write_index(REPO / 'results' / args.profile, args.profile, ran, time.monotonic() - t0)}")
+        print(f"index: {report.write_index(REPO / args.out / args.profile, args.profile, ran, time.monotonic() - t0)}")
 
 
 if __name__ == "__main__":

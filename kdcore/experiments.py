@@ -334,9 +334,12 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
 
 
 def git_commit() -> str:
-    """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it. Outside git (a
-    copied tree, e.g. on a lent GPU machine) it is $KDCORE_COMMIT, else "unknown". --no-optional-locks: never take
-    the index lock from under a git command running beside us."""
+    """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it, "unknown" outside
+    git. $KDCORE_COMMIT, when set, wins: a copied tree (e.g. on a lent GPU machine) may carry no .git or a stale
+    one. --no-optional-locks: never take the index lock from under a git command running beside us."""
+    if os.environ.get("KDCORE_COMMIT"):
+        return os.environ["KDCORE_COMMIT"]
+
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=30)
@@ -344,10 +347,8 @@ def git_commit() -> str:
         head = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        head = None
-    if head is None or head.returncode:
-        return os.environ.get("KDCORE_COMMIT") or "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty else "")
+        return "unknown"
+    return "unknown" if head.returncode else head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run_info(params: dict | None = None, data: DataBundle | None = None, notebook: str | None = None) -> dict:

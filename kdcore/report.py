@@ -302,10 +302,11 @@ def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
     """Execute `nb` into out_dir (<nb>.ipynb, .html and, written by the notebook, .json); returns its status."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ipynb = out_dir / f"{nb}.ipynb"
-    status = {"notebook": nb, "status": "ok", "error": "", "seconds": 0.0}
+    status = {"notebook": nb, "status": "ok", "error": "", "seconds": 0.0, "executed": False}
     t0 = time.perf_counter()
     try:
         execute(nb, ipynb, params)
+        status["executed"] = True
     except Exception as err:  # keep going: the next notebooks still run
         status.update(status="failed", error=_last_line(err))
     status["seconds"] = round(time.perf_counter() - t0, 1)
@@ -336,14 +337,18 @@ def publish(stage: Path, published: Path, statuses: list[dict]) -> None:
     """Move this run's pages from the stage folder into the published one (same file system: renames).
 
     A notebook that ran replaces its .ipynb/.html/.json and loses an old .failed page; one that failed keeps its
-    last good pages and gets <nb>.failed.ipynb/.html.
+    last good pages and gets <nb>.failed.ipynb/.html. One that ran to the end but whose page failed to render
+    still publishes its results (.ipynb and .json), and loses its old page, which would no longer match them.
     """
     published.mkdir(parents=True, exist_ok=True)
     for s in statuses:
         nb, ok = s["notebook"], s["status"] == "ok"
+        results_ok = s.get("executed") and (stage / f"{nb}.json").exists()
+        if results_ok and not ok:
+            (published / f"{nb}.html").unlink(missing_ok=True)
         for ext in ("ipynb", "html", "json"):
             src = stage / f"{nb}.{ext}"
-            if ok and src.exists():
+            if (ok or (results_ok and ext != "html")) and src.exists():
                 os.replace(src, published / f"{nb}.{ext}")
                 (published / f"{nb}.failed.{ext}").unlink(missing_ok=True)
             elif not ok and src.exists() and ext != "json":

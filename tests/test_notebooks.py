@@ -153,9 +153,6 @@ def test_data_root_parameter_then_kdcore_data_then_shared(monkeypatch, tmp_path)
 def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
     monkeypatch.setattr(ex, "REPO_ROOT", tmp_path)
     assert ex.git_commit() == "unknown"  # not a git checkout
-    monkeypatch.setenv("KDCORE_COMMIT", "abc1234 (copied tree)")
-    assert ex.git_commit() == "abc1234 (copied tree)"  # a copy says which commit it was made from
-    monkeypatch.delenv("KDCORE_COMMIT")
 
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
@@ -170,6 +167,8 @@ def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
     (tmp_path / "a.txt").write_text("2")
     assert ex.git_commit() == git("rev-parse", "--short", "HEAD") + "+dirty"
     assert ex.run_info({"profile": "smoke"})["commit"] == ex.git_commit()
+    monkeypatch.setenv("KDCORE_COMMIT", "abc1234")
+    assert ex.git_commit() == "abc1234"  # a copied tree says which commit it was made from, even with a stale .git
 
 
 def test_setup_prints_which_run_this_is(capsys):

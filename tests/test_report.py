@@ -159,6 +159,24 @@ def test_failed_notebook_keeps_its_last_good_page(tmp_path, monkeypatch, capsys)
     assert not (folder / "02_logits.failed.html").exists() and "FAILED" not in (folder / "index.html").read_text()
 
 
+def test_results_of_a_notebook_that_ran_are_published_when_only_its_page_failed(tmp_path, monkeypatch):
+    folder = _published(tmp_path)
+
+    def run_notebook(nb, params, out_dir, show_code):  # ran to the end and wrote its JSON; nbconvert then failed
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{nb}.ipynb").write_text(f"new {nb}")
+        (out_dir / f"{nb}.json").write_text(json.dumps(_results(nb)))
+        return {"notebook": nb, "status": "failed", "error": "HTML rendering: ValueError: no template", "seconds": 1.0,
+                "executed": True}
+
+    monkeypatch.setattr(report, "run_notebook", run_notebook)
+    assert report.run(report.Plan("smoke", ["02_logits"], tmp_path, False, {"02_logits": {}})) == 1
+    assert (folder / "02_logits.ipynb").read_text() == "new 02_logits" and (folder / "02_logits.json").exists()
+    assert not (folder / "02_logits.html").exists()  # the old page no longer matches the new results
+    index = (folder / "index.html").read_text()
+    assert "FAILED in their latest run: 02_logits" in index and "HTML rendering: ValueError: no template" in index
+
+
 def test_index_and_leaderboard_tables_are_formatted(tmp_path):
     folder = _published(tmp_path)
     report.write_index(folder, "smoke", [], 1.0)
