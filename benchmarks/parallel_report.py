@@ -7,7 +7,7 @@ at once share it. The runs are exactly the notebooks' own: the calls below mirro
 seed per process, and hit the same cache keys (a notebook re-trains anything they missed, only slower).
 s/run in the pages is the wall time of a run that shared the GPU with the others.
 
-    python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 06 --jobs 12 --deadline 480
+    python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 --jobs 12 --deadline 480
 
 Nothing new starts after --deadline seconds; what still runs then is stopped (a report with Ctrl-C, so it
 leaves results/ as it was). Pages go to <out>/<profile>/, whose index is rebuilt at the end. --param values
@@ -31,8 +31,9 @@ from kdcore import profiles  # noqa: E402
 from kdcore.report import parse_value  # noqa: E402
 
 # The notebooks' ctx calls, run with `seed` (and a, t, e, m, beta where bound). 06 mirrors its own cell.
-TEACHER = {"01_baseline": "ctx.teacher()",
-           "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))"}
+TEACHER = {"01_baseline": "ctx.teacher()",  # 01-05 share it, with 01's baseline
+           "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))",
+           "07_eurosat": "ctx.teacher()"}
 PRELUDE_06 = ("init = lambda name: ex.try_pretrained(name, ctx.pretrained, num_classes=ctx.data.num_classes)\n"
               "head = {'drop_rate': ctx.drop_rate} if ctx.drop_rate is not None else {}\n")
 BASELINE = "ctx.run('baseline', seeds=[seed])"
@@ -45,6 +46,8 @@ HIDDEN = "ctx.run('hidden', level_weights=ctx.level_weights, weights={'hidden': 
 FITNET = "ctx.run('fitnet', weights={'fitnet': ctx.fitnet_weight}, seeds=[seed])"
 METHOD = "ctx.run(m, alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
 AT_WEIGHT = "ctx.run('at', f'at β={beta:g}', weights={'at': beta}, seeds=[seed])"
+STUDENT = ("ctx.run(ctx.students_method, f'{st} ({ctx.students_method})', student=st, alpha=ctx.alpha, "
+           "temperature=ctx.temperature, seeds=[seed])")
 
 
 @dataclass
@@ -78,7 +81,16 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
     if nb == "06_efficientvit":
         return ([(f"06 baseline s{s}", BASELINE_06, {"seed": s}) for s in seeds] +
                 [(f"06 kd s{s}", KD_06, {"seed": s}) for s in seeds])
+    if nb == "07_eurosat":
+        return ([(f"07 baseline s{s}", BASELINE, {"seed": s}) for s in seeds] +
+                [(f"07 kd s{s}", KD, {"seed": s}) for s in seeds] +
+                [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds])
     raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
+
+
+def owner(nb: str) -> str:
+    """The notebook whose data, teacher and baseline `nb` uses: 06 and 07 their own, 01-05 those of 01."""
+    return nb if nb in TEACHER else "01_baseline"
 
 
 def overrides(params: list[str], nb: str) -> dict:
@@ -92,16 +104,15 @@ def plan(profile: str, notebooks: list[str], params: list[str], out: str) -> lis
     (a report starts first once its runs are cached)."""
     given = [a for item in params for a in ("--param", item)]
     me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, *given, "--worker"]
-    cifar = [nb for nb in notebooks if nb in profiles.NOTEBOOKS[:5]]  # they share 01's teacher and baseline
-    owners = (["01_baseline"] if cifar else []) + [nb for nb in notebooks if nb != "01_baseline"]
-    jobs = [Job(f"{nb[:2]} teacher", me + [nb, TEACHER[nb], "{}"]) for nb in TEACHER if nb in owners]
-    for nb in owners:
-        teacher = {"06 teacher" if nb == "06_efficientvit" else "01 teacher"}
+    owners = list(dict.fromkeys(owner(nb) for nb in notebooks))
+    jobs = [Job(f"{nb[:2]} teacher", me + [nb, TEACHER[nb], "{}"]) for nb in owners]
+    for nb in dict.fromkeys(owners + notebooks):
+        teacher = {f"{owner(nb)[:2]} teacher"}
         jobs += [Job(name, me + [nb, code, json.dumps(bind)], set() if "baseline" in name else teacher)
                  for name, code, bind in run_calls(nb, {**profiles.params_for(profile, nb), **overrides(params, nb)})]
     runs = list(jobs)
     for nb in notebooks:
-        needs = {j.name for j in runs if j.name[:2] == nb[:2] or (nb in cifar and j.name[:2] == "01")}
+        needs = {j.name for j in runs if j.name[:2] in (nb[:2], owner(nb)[:2])}
         jobs.append(Job(f"{nb[:2]} report", [sys.executable, "-m", "kdcore", "report", "--profile", profile,
                                              "--notebooks", nb, "--out", out, *given], needs, report=True))
     return jobs
@@ -179,7 +190,7 @@ def main() -> None:
     t0 = time.monotonic()  # --deadline counts from here, data decoding included
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="full")
-    ap.add_argument("--notebooks", nargs="+", default=["01", "02", "03", "04", "05", "06"])
+    ap.add_argument("--notebooks", nargs="+", default=[nb[:2] for nb in profiles.NOTEBOOKS], help="e.g. 01 02 (default: all)")
     ap.add_argument("--jobs", type=int, default=12, help="processes at once (runs and reports)")
     ap.add_argument("--deadline", type=float, default=float("inf"),
                     help="seconds from the start: then running jobs are stopped and nothing new starts")
@@ -195,7 +206,7 @@ def main() -> None:
     jobs = plan(args.profile, notebooks, args.param, args.out)
     from kdcore import experiments as ex  # decode the data once, before the workers share its cache
 
-    for nb in dict.fromkeys(("06_efficientvit" if nb.startswith("06") else "01_baseline") for nb in notebooks):
+    for nb in dict.fromkeys(owner(nb) for nb in notebooks):
         ex.setup(nb, **{**overrides(args.param, nb), "profile": args.profile})
     schedule(jobs, args.jobs, args.deadline, REPO / args.logs, t0)
     from kdcore import report  # reports that published at once may each have missed the others: index them all

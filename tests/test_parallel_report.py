@@ -19,7 +19,7 @@ def trained_runs(ipynb: Path) -> list[str]:
 
 def test_reports_reuse_every_run_the_workers_trained(tmp_path):
     out = subprocess.run([sys.executable, "benchmarks/parallel_report.py", "--profile", "smoke", "--notebooks", "02", "05",
-                          "06", "--jobs", "2", "--out", str(tmp_path / "results"), "--logs", str(tmp_path / "logs"),
+                          "06", "07", "--jobs", "2", "--out", str(tmp_path / "results"), "--logs", str(tmp_path / "logs"),
                           "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}", "--param", "seeds=[0]"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -28,6 +28,6 @@ def test_reports_reuse_every_run_the_workers_trained(tmp_path):
     pages = tmp_path / "results" / "smoke"
     assert trained_runs(pages / "02_logits.ipynb") == []  # kd, the α×T sweep and the shared baseline
     assert trained_runs(pages / "05_bonus.ipynb") == ["l2logits seed 0"]  # defined in the notebook: never cached
-    assert trained_runs(pages / "06_efficientvit.ipynb") == []
+    assert trained_runs(pages / "06_efficientvit.ipynb") == trained_runs(pages / "07_eurosat.ipynb") == []
     index = (pages / "index.html").read_text()
-    assert all(f"href='{nb}.html'" in index for nb in ("02_logits", "05_bonus", "06_efficientvit"))
+    assert all(f"href='{nb}.html'" in index for nb in ("02_logits", "05_bonus", "06_efficientvit", "07_eurosat"))
