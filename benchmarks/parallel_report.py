@@ -2,8 +2,8 @@
 trained in its own process, N at a time, and each notebook's `kdcore report` starts as soon as its runs are in
 the run cache (checkpoints/runs/), so its page is rendered from the cache.
 
-Why: a small student's training step is bound by kernel launches, so one run leaves an H100 mostly idle; N runs
-at once share it. The runs are exactly the notebooks' own: the calls below mirror the notebooks' cells with one
+Why: a 95k-parameter student at batch 128 uses little of an H100, so N runs share it (on the H100, 10 at once
+took 51-105 s per 30-epoch run: results/probes/h100-full-01-02/). The runs are exactly the notebooks' own: the calls below mirror the notebooks' cells with one
 seed per process, and hit the same cache keys (a notebook re-trains anything they missed, only slower).
 s/run in the pages is the wall time of a run that shared the GPU with the others.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from kdcore import profiles  # noqa: E402
 from kdcore.report import parse_value  # noqa: E402
 
-# The notebooks' ctx calls, run with `seed` (and a, t, e, m, beta where bound). 06 mirrors its own cell.
+# The notebooks' ctx calls, run with `seed` and the names a job binds (a, t, e, m, beta, st). 06 mirrors its cell.
 TEACHER = {"01_baseline": "ctx.teacher()",  # 01-05 share it, with 01's baseline
            "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))",
            "07_eurosat": "ctx.teacher()"}
