@@ -226,9 +226,15 @@ def main(argv=None):
     data_root = Path(os.environ.get("KDCORE_DATA", ROOT.parent / "shared" / "data"))
     limits = dict(train_limit=a.train_limit or None, val_limit=max(a.train_limit // 10, 100) if a.train_limit else None,
                   test_limit=a.test_limit or None)
+    full_pair = a.teacher == "airbench" and not (a.train_limit or a.test_limit)
     try:
-        data = load_dataset("cifar10", data_root, download=False, **limits)
-        source = f"CIFAR-10 ({data.source})"
+        if full_pair:  # the full report's data and teacher (below)
+            from kdcore import experiments as ex
+            ctx = ex.setup("01_baseline", profile="full", threads=torch.get_num_threads())
+            data, source = ctx.data, f"CIFAR-10 ({ctx.data.source})"
+        else:
+            data = load_dataset("cifar10", data_root, download=False, **limits)
+            source = f"CIFAR-10 ({data.source})"
     except FileNotFoundError:
         sizes = dict(train_size=a.train_limit or 5000, val_size=limits["val_limit"] or 500, test_size=a.test_limit or 2000)
         data = load_dataset("synthetic", synthetic=sizes)
@@ -238,20 +244,30 @@ def main(argv=None):
           f"cpu={cpu_features()} data: {data.describe()}", flush=True)
 
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    teacher = create_model(a.teacher, num_classes=data.num_classes)
     teacher_run = {}
-    if a.teacher == "airbench":
+    if full_pair and data.name == "cifar10":
+        # the full report's own teacher: the same call and cache key as notebook 01 under the full profile, so
+        # the bench and the report share one training (its time is the one recorded when it was trained)
+        tr = ctx.teacher()
+        teacher = tr.model
+        teacher_run = {"epochs": ctx.params["teacher_epochs"], "cache_key": tr.key, "trained_in_this_run": tr.trained,
+                       "train_seconds": tr.seconds, "test_acc": tr.test_acc, "test_acc_tta": tr.test_acc_tta,
+                       "history": tr.history.to_dict("records")}
+    elif a.teacher == "airbench":
+        torch.manual_seed(0)
+        teacher = create_model(a.teacher, num_classes=data.num_classes)
         run = airbench.train(teacher, data, device=str(device), progress=True)
         teacher_run = {k: run[k] for k in ("epochs", "batch_size", "precision", "train_seconds", "seconds", "val_acc",
                                            "val_acc_tta", "test_acc", "test_acc_tta", "history")}
-        # airbench's schedule has a fixed length, so its time to 93 % is the whole recipe's, or it never got there
-        teacher_run["seconds_to_93_tta"] = run["train_seconds"] if run["test_acc_tta"] >= 0.93 else None
     else:
+        torch.manual_seed(0)
+        teacher = create_model(a.teacher, num_classes=data.num_classes)
         fit(teacher, data, epochs=a.teacher_epochs, batch_size=128, lr=0.1, device=str(device))
+    if a.teacher == "airbench":  # a fixed-length schedule: its time to 93 % is the whole recipe's, or it never got there
+        teacher_run["seconds_to_93_tta"] = teacher_run["train_seconds"] if teacher_run["test_acc_tta"] >= 0.93 else None
     teacher_s = time.perf_counter() - t0
     teacher_acc = test_accuracy(teacher, data, device)
-    print(f"teacher {a.teacher}: trained in {teacher_s:.0f}s, test acc {teacher_acc:.4f} (no TTA: the logits KD uses)",
+    print(f"teacher {a.teacher}: ready in {teacher_s:.0f}s, test acc {teacher_acc:.4f} (no TTA: the logits KD uses)",
           flush=True)
     torch.manual_seed(1)
     student0 = create_model(a.student, num_classes=data.num_classes)
@@ -288,6 +304,20 @@ def main(argv=None):
     kd_ips = len(data.train) * a.epochs / sum(kd_epoch_s)
     kd_acc = test_accuracy(kd_student, data, device)
 
+    # (c) the same run again, same seed: every view is in the cache now. In a notebook this is every logit
+    # method after the first at a seed (02's sweep and KD share seed 0); it must train the same student.
+    print("(c) kdcore again with the cache warm (a later logit-KD run at the same seed)", flush=True)
+    warm_student = copy.deepcopy(student0)
+    if cl:
+        warm_student.to(memory_format=torch.channels_last)
+    warm = fit(make_distiller("kd", warm_student, kd_teacher, alpha=ALPHA, temperature=T), data, epochs=a.epochs,
+               batch_size=a.batch_size, lr=kd_lr, momentum=MOMENTUM, weight_decay=WD, schedule="cosine",
+               device=str(device), teacher_cache=True, compile=a.compile)
+    warm_epoch_s = warm.history.seconds.tolist()
+    warm_hit_rate = warm.teacher_cache["hits"] / max(warm.teacher_cache["hits"] + warm.teacher_cache["misses"], 1)
+    warm_acc = test_accuracy(warm_student, data, device)
+    print(f"warm-cache run: hit rate {warm_hit_rate:.1%}, test acc {warm_acc:.4f} (cold run: {kd_acc:.4f})", flush=True)
+
     print(f"step times (batch {a.batch_size}, median of {a.steps} after warm-up)", flush=True)
     steps = step_times(teacher, student0, data, device, a.batch_size, a.steps, warmup=3, channels_last=cl,
                        workers=workers, bf16=precision == "bf16")
@@ -295,9 +325,12 @@ def main(argv=None):
 
     speed = kd_ips / ref_ips
     best_speed = min(ref_epoch_s) / min(kd_epoch_s)  # least-loaded epoch of each: less skewed by other users
+    warm_best_speed = min(ref_epoch_s) / min(warm_epoch_s)
     noisy = max(ref_epoch_s + kd_epoch_s) > 2 * min(ref_epoch_s + kd_epoch_s) * max(1, best_speed)
     rows = [("seed-style (PIL+DataLoader, b=64)", ref_ips, ref_epoch_s, ref_acc),
-            (f"kdcore fit (cache, b={a.batch_size})", kd_ips, kd_epoch_s, kd_acc)]
+            (f"kdcore fit (cold cache, b={a.batch_size})", kd_ips, kd_epoch_s, kd_acc),
+            (f"kdcore fit (warm cache, b={a.batch_size})", len(data.train) * a.epochs / sum(warm_epoch_s), warm_epoch_s,
+             warm_acc)]
     print(f"\n{'path':<36} {'images/s':>9} {'epoch s (mean)':>15} {'test acc':>9}")
     for name, ips, es, acc in rows:
         print(f"{name:<36} {ips:>9.0f} {np.mean(es):>15.2f} {acc:>9.4f}")
@@ -306,6 +339,8 @@ def main(argv=None):
     print(f"speed ratio kdcore / seed-style: {speed:.2f}x mean, {best_speed:.2f}x best epoch vs best epoch  "
           f"(target >= 4x at equal or better accuracy, judged on the best-epoch ratio: "
           f"{'met' if best_speed >= 4 and kd_acc >= ref_acc else 'NOT met'})")
+    print(f"warm cache: {warm_best_speed:.2f}x best epoch vs best epoch ({'met' if warm_best_speed >= 4 and warm_acc >= ref_acc else 'NOT met'}"
+          f" for a later logit-KD run at the same seed)")
     if noisy:
         print("WARNING: epoch times varied > 2x within a path: the machine was loaded; trust the best-epoch and "
               "interleaved step ratios over the mean")
@@ -333,15 +368,17 @@ def main(argv=None):
                    "test_acc": kd_acc, "compile": a.compile, "compile_s": compile_s,
                    "precision": res.precision, "channels_last": cl,
                    "cache_teacher_pairs": cache_pairs, "cache_hits": hits, "cache_hit_rate": hit_rate,
-                   "cpu_s_per_epoch": kd_cpu},
-        "ratios": {"images_per_s": speed, "best_epoch": best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,
+                   "cpu_s_per_epoch": kd_cpu,
+                   "warm": {"epoch_s": warm_epoch_s, "test_acc": warm_acc, "cache_hit_rate": warm_hit_rate}},
+        "ratios": {"images_per_s": speed, "best_epoch": best_speed, "best_epoch_warm_cache": warm_best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,
                    "cpu_time": ref_cpu / kd_cpu,
                    "interleaved_step_seed_over_online": per_img["seed-style"] / per_img["online-KD"],
                    "interleaved_step_seed_over_cached": per_img["seed-style"] / per_img["cached-KD"], "online_over_cached_step": steps["online-KD"] / steps["cached-KD"],
                    "online_over_student_step": steps["online-KD"] / steps["student-only"],
                    "cached_over_student_step": cached_over_student},
         "step_time_s": {"batch_size": a.batch_size, "steps": a.steps, **steps},
-        "target_4x_met": bool(best_speed >= 4 and kd_acc >= ref_acc),
+        "target_4x_met": bool(best_speed >= 4 and kd_acc >= ref_acc),  # the first KD run at a seed (cold cache)
+        "target_4x_met_warm_cache": bool(warm_best_speed >= 4 and warm_acc >= ref_acc),  # every later one
         "target_cached_1_1x_met": bool(cached_over_student <= 1.1),
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -99,11 +100,12 @@ def overrides(params: list[str], nb: str) -> dict:
     return {k: v for k, v in given.items() if k in profiles.notebook_defaults(nb)}
 
 
-def plan(profile: str, notebooks: list[str], params: list[str], out: str) -> list[Job]:
+def plan(profile: str, notebooks: list[str], params: list[str], out: str, threads: int = 1) -> list[Job]:
     """Jobs in priority order: teachers, the shared CIFAR-10 baseline, each notebook's runs, then the reports
     (a report starts first once its runs are cached)."""
     given = [a for item in params for a in ("--param", item)]
-    me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, *given, "--worker"]
+    me = [sys.executable, str(Path(__file__).resolve()), "--profile", profile, *given, "--threads", str(threads),
+          "--worker"]
     owners = list(dict.fromkeys(owner(nb) for nb in notebooks))
     jobs = [Job(f"{nb[:2]} teacher", me + [nb, TEACHER[nb], "{}"]) for nb in owners]
     for nb in dict.fromkeys(owners + notebooks):
@@ -118,10 +120,10 @@ def plan(profile: str, notebooks: list[str], params: list[str], out: str) -> lis
     return jobs
 
 
-def worker(profile: str, params: list[str], nb: str, code: str, bindings: str) -> None:
+def worker(profile: str, params: list[str], threads: int, nb: str, code: str, bindings: str) -> None:
     from kdcore import experiments as ex
 
-    ctx = ex.setup(nb, **{**overrides(params, nb), "profile": profile, "threads": 1})  # the GPU does the work
+    ctx = ex.setup(nb, **{**overrides(params, nb), "profile": profile, "threads": threads})
     namespace = {"ctx": ctx, "ex": ex, **json.loads(bindings)}
     exec(PRELUDE_06 if nb == "06_efficientvit" else "", namespace)
     exec(code, namespace)
@@ -198,12 +200,15 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter in runs and reports alike (repeatable), e.g. seeds=[0]")
     ap.add_argument("--logs", default="runs/parallel_report", help="one log file per job")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (default: the CPU's cores / --jobs, at least 1)")
     ap.add_argument("--worker", nargs=3, metavar=("NOTEBOOK", "CODE", "BINDINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.profile, args.param, *args.worker)
+        return worker(args.profile, args.param, args.threads or 1, *args.worker)
     notebooks = [next(n for n in profiles.NOTEBOOKS if n.startswith(k)) for k in args.notebooks]
-    jobs = plan(args.profile, notebooks, args.param, args.out)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)  # on a GPU the device does the work
+    jobs = plan(args.profile, notebooks, args.param, args.out, threads)
     from kdcore import experiments as ex  # decode the data once, before the workers share its cache
 
     for nb in dict.fromkeys(owner(nb) for nb in notebooks):
