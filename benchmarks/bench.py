@@ -7,11 +7,14 @@
     crop+flip, larger batch, the exact per-view teacher-logit cache, bf16 autocast where
     resolve_precision("auto") picks it, channels_last on CUDA. The step-time comparison runs kdcore's own
     train_step, and the cache hit rate comes from the cache's counters.
+(c) kdcore again, same seed, with the cache now warm: what every logit-KD run after the first at a seed
+    costs in a notebook (02's sweep shares seed 0 with its KD run). It must train the same student.
 Both loops use the same teacher weights, the same student initialisation, lr schedule (cosine),
 optimiser and loss; the paths run back to back in one process so machine load affects both.
-By default this is the full profile's CIFAR-10 pair on the full data: the airbench teacher, trained
-first with its own recipe (kdcore.airbench.train; its time to 93 % TTA test accuracy is recorded),
-and the `simplenet` student. Writes results/bench/<device>.json atomically. Timings are reported,
+By default this is the full profile's CIFAR-10 pair on the full data: the airbench teacher that notebook 01
+uses under the full profile (same call, same cache key: trained once with its own recipe,
+kdcore.airbench.train, for the bench and the report alike; its time to 93 % TTA test accuracy is
+recorded), and the `simplenet` student. Writes results/bench/<device>.json atomically. Timings are reported,
 never asserted.
 
     .venv/bin/python benchmarks/bench.py [--epochs 2] [--train-limit 0 (all)] [--teacher airbench|tiny_resnet]
