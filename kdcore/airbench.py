@@ -150,6 +150,18 @@ def init_whitening(whiten: Whitening, images: torch.Tensor, eps: float = 5e-4) -
     whiten.weight.copy_(torch.cat([filters, -filters]))
 
 
+@torch.no_grad()
+def init_from_data(model: nn.Module, data: DataBundle) -> bool:
+    """Set every Whitening in `model` from the first WHITEN_IMAGES training images (on the model's device).
+
+    fit() calls this for a fresh student, so an airbench-family student is whitened as airbench.train whitens its
+    teacher; a model without a Whitening module is left alone. Returns whether anything was set."""
+    layers = [m for m in model.modules() if isinstance(m, Whitening)]
+    for layer in layers:
+        init_whitening(layer, data.normalize(data.train.images[:WHITEN_IMAGES].to(layer.weight.device)))
+    return bool(layers)
+
+
 # --------------------------------------------------------------------------- training
 def lr_factor(step: int, total_steps: int) -> float:
     """Triangular schedule: 0.2 → 1 linearly over the first 23 % of steps, then 1 → 0.07 linearly."""
@@ -230,7 +242,7 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    init_whitening(model.whiten, data.normalize(data.train.images[:WHITEN_IMAGES].to(device)))
+    init_from_data(model, data)
 
     loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True, drop_last=True,
                           seed=seed, pad=TRANSLATE, flip=False, channels_last=device.type == "cuda")

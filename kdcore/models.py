@@ -331,6 +331,8 @@ def _timm(arch: str, num_classes: int, in_channels: int, pretrained: bool = Fals
 # --------------------------------------------------------------------------- registry
 
 _RESNET_BLOCKS = ("layer1", "layer2", "layer3", "layer4")
+# 24 (whitening bias) + 216·16 + 9·16² + 9·16·48 + 9·48² + 9·48·64 + 9·64² + 2·(16+48+64) (BN shifts) + 64·10 = 98,840
+AIRBENCH_SMALL_WIDTHS = (16, 48, 64)
 _STAGES3 = ("stage1", "stage2", "stage3")
 _TIMM_STAGES = ("stages.0", "stages.1", "stages.2", "stages.3")
 
@@ -362,6 +364,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
               "airbench94-style CIFAR net (Keller Jordan): frozen whitening + 64/256/256 conv stages, 1.97M params"),
     ModelSpec("tiny_resnet", TinyResNet, ("layer1", "layer2", "layer3"), "teacher", "kdcore",
               "3-stage ResNet (32/64/128 × width/32), 0.31M params: a teacher trainable on CPU"),
+    ModelSpec("airbench_small", functools.partial(AirbenchNet, widths=AIRBENCH_SMALL_WIDTHS), ("block1", "block2", "block3"),
+              "student", "kdcore", "airbench94's design at student width 16/48/64 (whitening set by fit), 98,840 params"),
     ModelSpec("smallmynet", SmallMyNet, _STAGES3, "student", "kdcore",
               "Depthwise-separable + squeeze-excitation student, exactly 89,397 params"),
     ModelSpec("simplenet", SimpleNet, _STAGES3, "student", "kdcore", "3 conv-BN-ReLU-maxpool stages 32/64/128, 95K params"),
@@ -375,7 +379,7 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
 )}
 
 # The seed projects' class names (SmallMyNet, StudentNetLight, ...) keep working as model names.
-_ALIASES = {s.builder.__name__.lower(): s.name for s in MODELS.values() if s.source == "kdcore"}
+_ALIASES = {s.builder.__name__.lower(): s.name for s in MODELS.values() if s.source == "kdcore" and isinstance(s.builder, type)}
 
 
 def list_models(role: str | None = None) -> list[str]:

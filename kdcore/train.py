@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .airbench import init_from_data
 from .cache import TeacherLogitCache, shared_cache
 from .data import Batch, DataBundle, DeviceLoader, atomic_save, atomic_write_text
 from .distill import Distiller
@@ -381,6 +382,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                                 channels_last=channels_last, rank=rank, world_size=world)
     val_loader = DeviceLoader(data.val, data, max(cfg.batch_size, 256), device=device,
                               channels_last=channels_last, rank=rank, world_size=world)
+    if ckpt is None:  # data-dependent init (airbench's whitening); a resumed run loads it with the weights
+        init_from_data(student, data)
     distiller.prepare(next(iter(DeviceLoader(data.train, data, min(8, len(data.train)), device=device))).images)
     params = distiller.trainable_parameters()
     if world > 1:  # identical start on every rank

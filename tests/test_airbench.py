@@ -150,3 +150,24 @@ def test_airbench_trains_on_cuda_in_bf16_and_channels_last(data):
     result = airbench.train(model, data, epochs=1, batch_size=64, device="cuda", progress=False)
     assert result["precision"] == "bf16" and result["device"].startswith("cuda") and result["test_acc"] > 0
     assert all(m.bias.grad is not None for m in model.modules() if isinstance(m, airbench.ShiftBatchNorm))
+
+
+def test_airbench_small_student_counts_and_pairs_with_the_teacher():
+    student = create_model("airbench_small")
+    assert student.kd_spec.role == "student" and isinstance(student, airbench.AirbenchNet)
+    # whitening bias 24; block1 24·16·9 + 16·16·9; block2 16·48·9 + 48·48·9; block3 48·64·9 + 64·64·9;
+    # BN shifts 2·(16 + 48 + 64); linear 64·10 (no bias)
+    assert count_parameters(student) == 24 + 5_760 + 27_648 + 64_512 + 256 + 640 == 98_840
+    distiller = kdcore.make_distiller("at", student, create_model("airbench"))
+    distiller.prepare(torch.randn(2, 3, 32, 32))
+    assert [(r["student layer"], r["teacher layer"]) for r in distiller.pairs_table()] == \
+        [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]  # 16²/8²/4² on both sides
+
+
+def test_fit_whitens_a_fresh_airbench_student(data):
+    expected = create_model("airbench_small").whiten
+    airbench.init_whitening(expected, data.normalize(data.train.images[:airbench.WHITEN_IMAGES]))
+    student = create_model("airbench_small")
+    assert not torch.allclose(student.whiten.weight, expected.weight)  # random until fit sets it
+    kdcore.fit(student, data, epochs=1, batch_size=64, device="cpu")
+    torch.testing.assert_close(student.whiten.weight, expected.weight, atol=0, rtol=0)  # set, then never trained
