@@ -14,7 +14,8 @@ optimiser and loss; the paths run back to back in one process so machine load af
 By default this is the full profile's CIFAR-10 pair on the full data: the airbench teacher that notebook 01
 uses under the full profile (same call, same cache key: trained once with its own recipe,
 kdcore.airbench.train, for the bench and the report alike; its time to 93 % TTA test accuracy is
-recorded), and the `simplenet` student. Writes results/bench/<device>.json atomically. Timings are reported,
+recorded), and the profile's CIFAR-10 student (`airbench_small` since issue 9's student probes; the committed
+cpu.json ran `simplenet`, the student then: its "student" field says so). Writes results/bench/<device>.json atomically. Timings are reported,
 never asserted.
 
     .venv/bin/python benchmarks/bench.py [--epochs 2] [--train-limit 0 (all)] [--teacher airbench|tiny_resnet]
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdcore import airbench, create_model, fit, load_dataset, make_distiller  # noqa: E402
+from kdcore import airbench, create_model, fit, load_dataset, make_distiller, profiles  # noqa: E402
 from kdcore.cache import TeacherLogitCache  # noqa: E402
 from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
 from kdcore.experiments import git_commit  # noqa: E402
@@ -217,7 +218,8 @@ def main(argv=None):
                         "in cache; 256 costs ~2x more per image), 256 on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="CPU: keep NCHW weights (default: channels_last weights, ~20-30%% faster convs here)")
-    p.add_argument("--student", default="simplenet")
+    p.add_argument("--student", default=profiles.params_for("full", "01_baseline")["student"],
+                   help="default: the full profile's CIFAR-10 student")
     p.add_argument("--no-scale-lr", dest="scale_lr", action="store_false",
                    help="keep lr=0.05 at kdcore's batch size instead of scaling it by batch/64")
     p.add_argument("--device", default="auto")
@@ -279,6 +281,7 @@ def main(argv=None):
           flush=True)
     torch.manual_seed(1)
     student0 = create_model(a.student, num_classes=data.num_classes)
+    airbench.init_from_data(student0, data)  # an airbench-family student starts whitened in both loops (fit does this)
 
     print("(a) seed-style loop", flush=True)
     ref_student = copy.deepcopy(student0)

@@ -241,7 +241,10 @@ class Distiller(nn.Module):
         self.pairing = pairing
         if teacher is not None:
             teacher.requires_grad_(False).eval()
-        self.shapes: dict[str, tuple[int, ...]] = {}  # hooked layer -> (C, H, W), filled by build
+        # (C, H, W) of each hooked layer, filled by build; one dict per side, since a student built like its
+        # teacher (airbench_small, airbench) has layers of the same names
+        self.student_shapes: dict[str, tuple[int, ...]] = {}
+        self.teacher_shapes: dict[str, tuple[int, ...]] = {}
         auto = any(t.layers and t.pairs is None for t in terms)
         self._hook(feature_blocks(student) if auto else (), feature_blocks(teacher) if auto else ())
         self.built = False
@@ -298,8 +301,8 @@ class Distiller(nn.Module):
             raise ConfigError(f"Teacher predicts {t} classes but the student predicts {s}; build both with the same "
                               f"num_classes (create_model(name, num_classes=...)).")
         shape = lambda f: tuple(f.shape[1:])  # noqa: E731
-        self.shapes = {**{k: shape(v) for k, v in step.student_features.items()},
-                       **{k: shape(v) for k, v in step.teacher_features.items()}}
+        self.student_shapes = {k: shape(v) for k, v in step.student_features.items()}
+        self.teacher_shapes = {k: shape(v) for k, v in step.teacher_features.items()}
         auto = [t for t in self.terms if t.layers and t.pairs is None]
         if auto:
             pairs = losses.resolution_pairs(
@@ -327,8 +330,8 @@ class Distiller(nn.Module):
         """One row per (term, student layer, teacher layer) with both shapes and the pair's weight in the loss."""
         if not self.built:
             raise ConfigError("The pairs are chosen on the first step: call distiller.prepare(images) first.")
-        return [{"term": t.name, "student layer": s, "student shape": self.shapes[s], "teacher layer": tl,
-                 "teacher shape": self.shapes[tl], "weight": t.weight * w}
+        return [{"term": t.name, "student layer": s, "student shape": self.student_shapes[s], "teacher layer": tl,
+                 "teacher shape": self.teacher_shapes[tl], "weight": t.weight * w}
                 for t in self.terms if t.pairs for (s, tl), w in zip(t.pairs, t.pair_weights)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -160,8 +160,11 @@ def test_airbench_small_student_counts_and_pairs_with_the_teacher():
     assert count_parameters(student) == 24 + 5_760 + 27_648 + 64_512 + 256 + 640 == 98_840
     distiller = kdcore.make_distiller("at", student, create_model("airbench"))
     distiller.prepare(torch.randn(2, 3, 32, 32))
-    assert [(r["student layer"], r["teacher layer"]) for r in distiller.pairs_table()] == \
-        [("block1", "block1"), ("block2", "block2"), ("block3", "block3")]  # 16²/8²/4² on both sides
+    # 16²/8²/4² on both sides; the layers share their names, and each side's table column keeps its own shapes
+    assert [(r["student layer"], r["student shape"], r["teacher layer"], r["teacher shape"])
+            for r in distiller.pairs_table()] == [("block1", (16, 16, 16), "block1", (64, 16, 16)),
+                                                 ("block2", (48, 8, 8), "block2", (256, 8, 8)),
+                                                 ("block3", (64, 4, 4), "block3", (256, 4, 4))]
 
 
 def test_fit_whitens_a_fresh_airbench_student(data):

@@ -114,3 +114,5 @@ def test_profiles_cover_every_notebook():
         assert profiles.params_for("cpu", nb) == {**profiles.notebook_defaults(nb), "profile": "cpu"}
     assert profiles.params_for("smoke", "07_eurosat")["synthetic"]["image_size"] == 64
     assert profiles.params_for("gpu", "06_efficientvit")["student"] == "efficientvit_b1"  # common does not leak
+    for name in ("cpu", "full", "gpu"):  # EuroSAT's seed student, whatever `common` gives the CIFAR notebooks
+        assert profiles.params_for(name, "07_eurosat")["student"] == "smallmynet", name
