@@ -151,15 +151,14 @@ def init_whitening(whiten: Whitening, images: torch.Tensor, eps: float = 5e-4) -
 
 
 @torch.no_grad()
-def init_from_data(model: nn.Module, data: DataBundle) -> bool:
+def init_from_data(model: nn.Module, data: DataBundle) -> None:
     """Set every Whitening in `model` from the first WHITEN_IMAGES training images (on the model's device).
 
     fit() calls this for a fresh student, so an airbench-family student is whitened as airbench.train whitens its
-    teacher; a model without a Whitening module is left alone. Returns whether anything was set."""
-    layers = [m for m in model.modules() if isinstance(m, Whitening)]
-    for layer in layers:
-        init_whitening(layer, data.normalize(data.train.images[:WHITEN_IMAGES].to(layer.weight.device)))
-    return bool(layers)
+    teacher; a model without a Whitening module is left alone."""
+    for layer in model.modules():
+        if isinstance(layer, Whitening):
+            init_whitening(layer, data.normalize(data.train.images[:WHITEN_IMAGES].to(layer.weight.device)))
 
 
 # --------------------------------------------------------------------------- training
