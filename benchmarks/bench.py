@@ -5,7 +5,7 @@
     forward every step, kd_loss, SGD.
 (b) kdcore: fit(make_distiller("kd", ...), teacher_cache=True): uint8 tensors on the device, batched
     crop+flip, larger batch, the exact per-view teacher-logit cache, bf16 autocast where
-    resolve_precision("auto") picks it, channels_last on CUDA. The step-time comparison runs kdcore's own
+    resolve_precision("auto") picks it, NHWC where choose_channels_last picks it. The step-time comparison runs kdcore's own
     train_step, and the cache hit rate comes from the cache's counters.
 (c) kdcore again, same seed, with the cache now warm: what every logit-KD run after the first at a seed
     costs in a notebook (02's sweep shares seed 0 with its KD run). It must train the same student.
@@ -134,12 +134,13 @@ def reference_loop(teacher, student, data, epochs, device, workers, batch_size=6
 
 
 # --------------------------------------------------------------------------- step-time comparison
-def step_times(teacher, student, data, device, batch_size, steps, warmup, channels_last=True, workers=2, bf16=False):
+def step_times(teacher, student, data, device, batch_size, steps, warmup, layout, workers=2, bf16=False):
     """Median seconds of one seed-style step (its DataLoader wait included) and of one student-only /
-    online-KD / cached-KD kdcore train_step, interleaved step by step so load hits all alike."""
+    online-KD / cached-KD kdcore train_step, interleaved step by step so load hits all alike. `layout`:
+    which of student and teacher run NHWC, as fit() chose ({"student": bool, "teacher": bool})."""
     cuda = device.type == "cuda"
     loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True,
-                          drop_last=True, channels_last=cuda)
+                          drop_last=True, channels_last=layout["student"])
     batches, epoch = [], 0
     while len(batches) < steps + warmup:  # several epochs of the loader if the split is small
         loader.set_epoch(epoch)
@@ -149,9 +150,9 @@ def step_times(teacher, student, data, device, batch_size, steps, warmup, channe
     for mode in ("student-only", "online-KD", "cached-KD"):
         s = copy.deepcopy(student).to(device)
         t = copy.deepcopy(teacher).to(device)
-        if channels_last:
-            s.to(memory_format=torch.channels_last)
-            t.to(memory_format=torch.channels_last)
+        for model, nhwc in ((s, layout["student"]), (t, layout["teacher"])):
+            if nhwc:
+                model.to(memory_format=torch.channels_last)
         d = make_distiller("baseline" if mode == "student-only" else "kd", s, None if mode == "student-only" else t,
                            alpha=ALPHA, temperature=T)
         opt = torch.optim.SGD(s.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
@@ -217,7 +218,7 @@ def main(argv=None):
                    help="kdcore's batch: 64 on CPU (lowest measured cost per image on 2 cores: activations stay "
                         "in cache; 256 costs ~2x more per image), 256 on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="CPU: keep NCHW weights (default: channels_last weights, ~20-30%% faster convs here)")
+                   help="NCHW everywhere (default: fit() picks NHWC per model, on a CPU where a probe measures it faster)")
     p.add_argument("--student", default=profiles.params_for("full", "01_baseline")["student"],
                    help="default: the full profile's CIFAR-10 student")
     p.add_argument("--no-scale-lr", dest="scale_lr", action="store_false",
@@ -230,7 +231,7 @@ def main(argv=None):
     commit = git_commit()  # at the start: the code that runs, not edits made while it runs
     device = resolve_device(a.device)
     a.batch_size = a.batch_size or (256 if device.type == "cuda" else 64)
-    cl = a.channels_last  # fit() does channels_last itself on CUDA; on CPU the weights' format carries it
+    cl = a.channels_last  # fit() then picks NHWC per model (kdcore.train.choose_channels_last); step_times follows it
     precision = resolve_precision("auto", device)  # what fit() picks here
     torch.manual_seed(0)
     data_root = Path(os.environ.get("KDCORE_DATA", ROOT.parent / "shared" / "data"))
@@ -294,9 +295,6 @@ def main(argv=None):
     kd_student = copy.deepcopy(student0)
     kd_lr = LR * a.batch_size / 64 if a.scale_lr else LR  # linear scaling rule (Goyal et al. 2017)
     kd_teacher = copy.deepcopy(teacher)
-    if cl:  # channels_last weights make oneDNN run the convs in NHWC, even on NCHW input
-        kd_student.to(memory_format=torch.channels_last)
-        kd_teacher.to(memory_format=torch.channels_last)
     distiller = make_distiller("kd", kd_student, kd_teacher, alpha=ALPHA, temperature=T)
     compile_s = None
     if a.compile:  # compile once on a throw-away fit step so the timed epochs exclude it
@@ -307,7 +305,7 @@ def main(argv=None):
     c0 = cpu_seconds()
     res = fit(distiller, data, epochs=a.epochs, batch_size=a.batch_size, lr=kd_lr,
               momentum=MOMENTUM, weight_decay=WD, schedule="cosine", device=str(device), teacher_cache=True,
-              compile=a.compile)
+              compile=a.compile, channels_last=cl)
     kd_cpu = (cpu_seconds() - c0) / a.epochs
     kd_epoch_s = res.history.seconds.tolist()
     cache_pairs, hits = res.teacher_cache["misses"], res.teacher_cache["hits"]  # the cache's own counters
@@ -319,18 +317,16 @@ def main(argv=None):
     # method after the first at a seed (02's sweep and KD share seed 0); it must train the same student.
     print("(c) kdcore again with the cache warm (a later logit-KD run at the same seed)", flush=True)
     warm_student = copy.deepcopy(student0)
-    if cl:
-        warm_student.to(memory_format=torch.channels_last)
     warm = fit(make_distiller("kd", warm_student, kd_teacher, alpha=ALPHA, temperature=T), data, epochs=a.epochs,
                batch_size=a.batch_size, lr=kd_lr, momentum=MOMENTUM, weight_decay=WD, schedule="cosine",
-               device=str(device), teacher_cache=True, compile=a.compile)
+               device=str(device), teacher_cache=True, compile=a.compile, channels_last=cl)
     warm_epoch_s = warm.history.seconds.tolist()
     warm_hit_rate = hit_rate(warm)
     warm_acc = test_accuracy(warm_student, data, device)
     print(f"warm-cache run: hit rate {warm_hit_rate:.1%}, test acc {warm_acc:.4f} (cold run: {kd_acc:.4f})", flush=True)
 
     print(f"step times (batch {a.batch_size}, median of {a.steps} after warm-up)", flush=True)
-    steps = step_times(teacher, student0, data, device, a.batch_size, a.steps, warmup=3, channels_last=cl,
+    steps = step_times(teacher, student0, data, device, a.batch_size, a.steps, warmup=3, layout=res.channels_last,
                        workers=workers, bf16=precision == "bf16")
     per_img = {m: v / (64 if m == "seed-style" else a.batch_size) for m, v in steps.items()}
 
@@ -377,7 +373,7 @@ def main(argv=None):
                       "test_acc": ref_acc, "cpu_s_per_epoch": ref_cpu},
         "kdcore": {"batch_size": a.batch_size, "lr": kd_lr, "teacher_cache": True, "images_per_s": kd_ips, "epoch_s": kd_epoch_s,
                    "test_acc": kd_acc, "compile": a.compile, "compile_s": compile_s,
-                   "precision": res.precision, "channels_last": cl,
+                   "precision": res.precision, "channels_last": res.channels_last,
                    "cache_teacher_pairs": cache_pairs, "cache_hits": hits, "cache_hit_rate": cold_hit_rate,
                    "cpu_s_per_epoch": kd_cpu,
                    "kd_loss": res.history["loss_kd"].tolist(),

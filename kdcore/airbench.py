@@ -211,6 +211,14 @@ def _resolve(device: str, precision: str) -> tuple[torch.device, str, bool]:
     return device, resolve_precision(precision, device), cpu_features()["amx"]
 
 
+def _channels_last(model: nn.Module, data: DataBundle, device: torch.device) -> bool:
+    """kdcore.train.choose_channels_last on 64 training images: NHWC on CUDA, on a CPU where it measures faster."""
+    from .train import choose_channels_last
+
+    sample = next(iter(DeviceLoader(data.train, data, min(64, len(data.train)), device=device))).images
+    return choose_channels_last(model, sample, device, train=True)
+
+
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -227,7 +235,7 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
       val_acc, val_acc_tta, test_acc, test_acc_tta   final accuracy without and with TTA_VIEWS
       seconds       wall time of the whole call (whitening, training and every evaluation)
       train_seconds whitening + training steps only (the time airbench reports, before its TTA pass)
-      device, precision ("fp32" | "bf16"), amx (whether this CPU has AMX tiles), threads,
+      device, precision ("fp32" | "bf16"), amx (whether this CPU has AMX tiles), channels_last, threads,
       epochs, steps, batch_size, seed
     `epochs` may be fractional (airbench: 9.9); batches are seeded by (seed, epoch).
     """
@@ -239,12 +247,13 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     bf16 = precision == "bf16"
     start = _now(device)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
     init_from_data(model, data)
+    channels_last = _channels_last(model, data, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
     loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True, drop_last=True,
-                          seed=seed, pad=TRANSLATE, flip=False, channels_last=device.type == "cuda")
+                          seed=seed, pad=TRANSLATE, flip=False, channels_last=channels_last)
     mirrored = torch.randint(2, (len(data.train),), generator=torch.Generator().manual_seed(seed)).bool().to(device)
     total_steps = math.ceil(len(loader) * epochs)
     optimizer = _optimizer(model, batch_size)
@@ -293,7 +302,8 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     val, test = evaluate(model, data.val, data, bf16=bf16), evaluate(model, data.test, data, bf16=bf16)
     result = dict(history=history, val_acc=val["acc"], val_acc_tta=val["acc_tta"], test_acc=test["acc"],
                   test_acc_tta=test["acc_tta"], seconds=_now(device) - start, train_seconds=train_seconds,
-                  device=str(device), precision=precision, amx=amx, threads=torch.get_num_threads(),
+                  device=str(device), precision=precision, amx=amx, channels_last=channels_last,
+                  threads=torch.get_num_threads(),
                   epochs=epochs, steps=step, batch_size=batch_size, seed=seed)
     if progress:
         print(f"val acc {val['acc']:.4f} (TTA {val['acc_tta']:.4f})  test acc {test['acc']:.4f} "

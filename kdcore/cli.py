@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
                "final_val_acc": float(last["val_acc"]) if last is not None else None,
                "test_acc": test["accuracy"], "test_f1": test["f1_macro"],
                "resumed_from": result.resumed_from, "world_size": world, "device": result.device,
-               "precision": result.precision, "cpu": cpu_features(), "commit": commit,
+               "precision": result.precision, "channels_last": result.channels_last, "cpu": cpu_features(), "commit": commit,
                "seconds": round(result.seconds, 3), "out_dir": str(result.out_dir) if result.out_dir else None}
     hashes = [_state_hash(student)]
     if world > 1:

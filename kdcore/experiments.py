@@ -290,7 +290,8 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
             row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
                    "precision": ev["precision_macro"], "recall": ev["recall_macro"], "val_acc": result.best_val_acc,
                    "best_epoch": result.best_epoch, "seconds": result.seconds, "params": count_parameters(model),
-                   "device": result.device, "compute_dtype": result.precision}
+                   "device": result.device, "compute_dtype": result.precision,
+                   "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
             if path is not None:
                 atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "row": row,
                              "history": history.to_dict("records")}, path)

@@ -8,6 +8,7 @@ validation accuracy and the last one for resuming, and never looks at the test s
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -36,6 +37,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "plateau", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_SPEEDUP = 1.2  # "auto" takes bf16 on a CPU only for at least this gain: below it, rounding is not worth it
+CHANNELS_LAST_MIN_SPEEDUP = 1.1  # a CPU model goes NHWC only for at least this measured gain
+CHANNELS_LAST_MIN_WIDTH = 16  # benchmarks/repro_channels_last_cpu.py: oneDNN's heap broke at width 8 in NHWC; 16, 32 ran clean
 
 
 @dataclass
@@ -53,7 +56,7 @@ class TrainConfig:
     early_stopping: int | None = None  # stop after this many epochs without a better validation accuracy
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast for student and teacher, or fp32; "auto": see resolve_precision
-    channels_last: bool = True  # NHWC on CUDA; off on CPU: torch 2.14.1's oneDNN corrupted the heap there (tiny_resnet w8, 64 px)
+    channels_last: bool = True  # NHWC where it pays: on CUDA always, on CPU per model (choose_channels_last)
     compile: bool = False
     teacher_cache: bool = False  # exact per-view teacher-logit cache (kdcore.cache), shared by runs of one teacher
     seed: int = 0
@@ -93,6 +96,7 @@ class FitResult:
     resumed_from: int | None = None  # epoch the run resumed after, if it did
     precision: str = "fp32"  # what "auto" resolved to
     teacher_cache: dict | None = None  # this run's cache lookups: hits, misses, fill_fraction (None: no cache)
+    channels_last: dict = dataclasses.field(default_factory=dict)  # {"student": bool, "teacher": bool}: who ran NHWC
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -160,6 +164,56 @@ def resolve_precision(precision: str, device: torch.device, probe: bool = True) 
     if device.type != "cpu" or not cpu_features()["amx"]:
         return "fp32"
     return "bf16" if not probe or bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+
+
+# --------------------------------------------------------------------------- memory format
+def channels_last_safe(model: nn.Module) -> bool:
+    """Whether NHWC is safe on a CPU: no conv narrower than CHANNELS_LAST_MIN_WIDTH channels, the image input
+    (<= 4 channels) aside. The one NHWC crash seen there (torch 2.14.1's oneDNN) was at width 8."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    wide = lambda c: c >= CHANNELS_LAST_MIN_WIDTH  # noqa: E731
+    return bool(convs) and all(wide(m.out_channels) and (wide(m.in_channels) or m.in_channels <= 4) for m in convs)
+
+
+def channels_last_speedup(model: nn.Module, images: torch.Tensor, train: bool) -> float:
+    """NCHW time / NHWC time of `model` on `images`: a forward + backward for a student (`train`, timed on a
+    copy, so its weights, BN statistics and gradients stay untouched), a no_grad forward for a frozen teacher.
+    Best of 3 interleaved rounds after a warm-up; `model` is left in NCHW."""
+    probe = copy.deepcopy(model).train() if train else model
+    formats = (torch.contiguous_format, torch.channels_last)
+
+    def seconds(fmt) -> float:
+        probe.to(memory_format=fmt)
+        x = images.contiguous(memory_format=fmt)
+        t0 = time.perf_counter()
+        if train:
+            probe(x).float().square().mean().backward()
+        else:
+            with torch.no_grad():
+                probe(x)
+        return time.perf_counter() - t0
+
+    best = dict.fromkeys(formats, math.inf)
+    for k in range(4):
+        for fmt in formats:
+            t = seconds(fmt)
+            if k:
+                best[fmt] = min(best[fmt], t)
+    probe.to(memory_format=torch.contiguous_format)
+    return best[formats[0]] / best[formats[1]]
+
+
+def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.device, train: bool,
+                         probe: bool = True) -> bool:
+    """NHWC for this model? On CUDA yes (cuDNN's tensor-core kernels want it). On a CPU only when
+    channels_last_safe() and, with `probe`, channels_last_speedup() >= CHANNELS_LAST_MIN_SPEEDUP: on this
+    2-core EPYC (no AVX512) NHWC made the airbench teacher's forward 1.45x and airbench_small's training step
+    1.3x faster, but depthwise convs can lose. Without `probe` (deterministic runs: no timing may decide) NCHW."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or not probe or not channels_last_safe(model):
+        return False
+    return channels_last_speedup(model, images, train) >= CHANNELS_LAST_MIN_SPEEDUP
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -374,17 +428,28 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     seed_everything(cfg.seed, cfg.deterministic)
 
     distiller.to(device)
-    channels_last = cfg.channels_last and cuda
-    if channels_last:
-        distiller.to(memory_format=torch.channels_last)
+    sample = next(iter(DeviceLoader(data.train, data, min(64, len(data.train)), device=device))).images
+    if ckpt is None:  # data-dependent init (airbench's whitening); a resumed run loads it with the weights
+        init_from_data(student, data)
+    layout = ckpt.get("channels_last") if ckpt else None  # a resumed run keeps its memory format
+    if layout is None:
+        layout = {"student": cfg.channels_last and choose_channels_last(student, sample, device, True, not cfg.deterministic),
+                  "teacher": cfg.channels_last and distiller.teacher is not None
+                  and choose_channels_last(distiller.teacher, sample, device, False, not cfg.deterministic)}
+    if world > 1:  # every rank runs rank 0's layout
+        flags = torch.tensor([layout["student"], layout["teacher"]], dtype=torch.int64, device=device)
+        dist.broadcast(flags, 0)
+        layout = {"student": bool(flags[0]), "teacher": bool(flags[1])}
+    for name, on in layout.items():
+        if on:  # NHWC weights make the convs run NHWC; the teacher's stay NHWC after the run (values unchanged)
+            getattr(distiller, name).to(memory_format=torch.channels_last)
+    channels_last = layout["student"]  # the batches follow the student's layout
     train_loader = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
                                 drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
                                 channels_last=channels_last, rank=rank, world_size=world)
     val_loader = DeviceLoader(data.val, data, max(cfg.batch_size, 256), device=device,
                               channels_last=channels_last, rank=rank, world_size=world)
-    if ckpt is None:  # data-dependent init (airbench's whitening); a resumed run loads it with the weights
-        init_from_data(student, data)
-    distiller.prepare(next(iter(DeviceLoader(data.train, data, min(8, len(data.train)), device=device))).images)
+    distiller.prepare(sample[:8])
     params = distiller.trainable_parameters()
     if world > 1:  # identical start on every rank
         for t in list(params) + list(student.buffers()):
@@ -448,7 +513,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                 atomic_save({"student": student.state_dict(), "terms": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(device),
                              "history": rows, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
-                             "config_key": cfg.key(), "config": dataclasses.asdict(cfg), "precision": precision},
+                             "config_key": cfg.key(), "config": dataclasses.asdict(cfg), "precision": precision,
+                             "channels_last": layout},
                             out / "last.pt")
                 atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
         if best_epoch == epoch + 1:
@@ -463,7 +529,7 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     cache_stats = None if cache is None else {"hits": cache.hits - hits0, "misses": cache.misses - misses0,
                                               "fill_fraction": cache.fill_fraction}
     return FitResult(pd.DataFrame(rows), best_epoch, best_acc, str(device), time.perf_counter() - t_start, out,
-                     resumed_from, precision, cache_stats)
+                     resumed_from, precision, cache_stats, layout)
 
 
 def _check_finite(pending: list[tuple[int, int, torch.Tensor]], names: list[str]) -> None:

@@ -90,7 +90,7 @@ def test_train_one_short_epoch_returns_the_documented_keys(data):
     bias_before = model.whiten.bias.detach().clone()
     result = airbench.train(model, data, epochs=1, batch_size=32, seed=0, device="cpu", progress=False)
     assert set(result) == {"history", "val_acc", "val_acc_tta", "test_acc", "test_acc_tta", "seconds",
-                           "train_seconds", "device", "precision", "amx", "threads", "epochs", "steps",
+                           "train_seconds", "device", "precision", "amx", "channels_last", "threads", "epochs", "steps",
                            "batch_size", "seed"}
     assert result["steps"] == 8 and len(result["history"]) == 1
     assert set(result["history"][0]) == {"epoch", "steps", "lr", "train_loss", "train_acc", "val_acc", "seconds"}

@@ -98,6 +98,64 @@ def test_cpu_features_names_what_decides_bf16():
     assert set(f) == {"model name", "amx", "avx512_bf16"} and isinstance(f["amx"], bool)
 
 
+def test_channels_last_only_for_convs_at_least_16_wide():
+    """benchmarks/repro_channels_last_cpu.py: oneDNN broke at width 8 in NHWC on CPU; 16 and 32 ran clean."""
+    assert not train.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=8))
+    assert train.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=16))
+    assert train.channels_last_safe(create_model("airbench_small", num_classes=10))  # 3-channel input conv allowed
+    assert not train.channels_last_safe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))  # no convs
+
+
+def test_channels_last_probe_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", num_classes=10, width=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speedup = train.channels_last_speedup(model, torch.randn(8, 3, 32, 32), train=True)
+    assert np.isfinite(speedup) and speedup > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())  # left in NCHW
+
+
+def test_channels_last_choice_on_cpu_follows_safety_and_the_probe(monkeypatch):
+    cpu, x = torch.device("cpu"), torch.randn(4, 3, 32, 32)
+    narrow, wide = (create_model("tiny_resnet", num_classes=10, width=w) for w in (8, 16))
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("timed a model that must not be timed")
+
+    monkeypatch.setattr(train, "channels_last_speedup", no_probe)
+    assert not train.choose_channels_last(narrow, x, cpu, train=True)  # unsafe: never timed
+    assert not train.choose_channels_last(wide, x, cpu, train=True, probe=False)  # deterministic: no timing
+    assert train.choose_channels_last(narrow, x, torch.device("cuda"), train=True)  # CUDA: always
+    for speedup, want in ((1.4, True), (1.05, False)):
+        monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: speedup)
+        assert train.choose_channels_last(wide, x, cpu, train=False) is want
+
+
+def test_fit_runs_nhwc_on_cpu_where_the_probe_pays_and_keeps_it_on_resume(data, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    teacher = create_model("tiny_resnet", num_classes=10, width=16).eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        want = teacher(x)
+    monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: 2.0)
+    student = create_model("tiny_resnet", num_classes=10, width=16)
+    run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=2, out_dir=tmp_path)
+    result = fit(make_distiller("kd", student, teacher), data, **run)
+    assert result.channels_last == {"student": True, "teacher": True}
+    assert np.isfinite(result.history.train_loss).all()
+    convs = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)  # NHWC weights
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), want, atol=1e-4, rtol=1e-4)  # same function in the other layout
+    monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: 0.5)  # would now say NCHW...
+    resumed = fit(make_distiller("kd", create_model("tiny_resnet", num_classes=10, width=16), teacher), data, **run)
+    assert resumed.resumed_from == 1 and resumed.channels_last == result.channels_last  # ...but a resume keeps NHWC
+    assert fit(create_model("tiny_resnet", num_classes=10, width=16), data, epochs=1, batch_size=64, device="cpu",
+               max_steps_per_epoch=1).channels_last == {"student": False, "teacher": False}
+
+
 def test_train_step_and_epoch_are_the_loop_fit_runs(data, teacher):
     torch.manual_seed(4)
     distiller = make_distiller("kd", create_model("student_light", num_classes=10), teacher)
