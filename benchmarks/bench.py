@@ -47,8 +47,8 @@ from kdcore.cache import TeacherLogitCache  # noqa: E402
 from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
 from kdcore.experiments import git_commit  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
-from kdcore.train import (confusion, cpu_features, metrics_from_confusion, resolve_device,  # noqa: E402
-                          resolve_precision, train_step)
+from kdcore.train import (apply_layout, confusion, cpu_features, metrics_from_confusion,  # noqa: E402
+                          resolve_device, resolve_precision, train_step)
 
 def cpu_seconds() -> float:
     """User+system CPU of this process and its reaped children (DataLoader workers): robust to other load."""
@@ -150,11 +150,9 @@ def step_times(teacher, student, data, device, batch_size, steps, warmup, layout
     for mode in ("student-only", "online-KD", "cached-KD"):
         s = copy.deepcopy(student).to(device)
         t = copy.deepcopy(teacher).to(device)
-        for model, nhwc in ((s, layout["student"]), (t, layout["teacher"])):
-            if nhwc:
-                model.to(memory_format=torch.channels_last)
         d = make_distiller("baseline" if mode == "student-only" else "kd", s, None if mode == "student-only" else t,
                            alpha=ALPHA, temperature=T)
+        apply_layout(d, layout if d.teacher is not None else {"student": layout["student"]})
         opt = torch.optim.SGD(s.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True)
         cache = None
         if mode == "cached-KD":  # steady state: every view of these batches already in the table

@@ -3,8 +3,9 @@
 The full profile's budget (issue 9: the whole suite in <= 150 min of 2-core time) is checked against this: each
 row times `train.train_step` on batches of the profile's image size and model pair (synthetic pixels: the cost
 does not depend on them), interleaved round-robin so load hits every row alike, and projects one epoch over the
-full training split. Teachers' rows time a plain cross-entropy step of the teacher. Precision is what fit()
-picks here ("auto"). Writes results/bench/epoch_cost-<device>.json atomically; nothing is asserted.
+full training split. Teachers' rows time a plain cross-entropy step of the teacher. Precision and memory
+format are what fit() picks here ("auto"; choose_layout). Writes results/bench/epoch_cost-<device>.json
+atomically; nothing is asserted.
 
     .venv/bin/python benchmarks/epoch_cost.py [--steps 5] [--warmup 2] [--device auto]
 """
@@ -26,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from kdcore import create_model, load_dataset, make_distiller  # noqa: E402
 from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
 from kdcore.experiments import git_commit  # noqa: E402
-from kdcore.train import cpu_features, resolve_device, resolve_precision, train_step  # noqa: E402
+from kdcore.train import (apply_layout, choose_layout, cpu_features, resolve_device, resolve_precision,  # noqa: E402
+                          train_step)
 
 # (row, student, teacher or None, method, image size, batch size, full training-split size); the full profile's pairs
 CONFIGS = [
@@ -66,11 +68,14 @@ def main(argv=None) -> dict:
         s = create_model(student, num_classes=10)
         t = create_model(teacher, num_classes=10).eval() if teacher else None
         distiller = make_distiller(method, s, t).to(device).train()
+        layout = choose_layout(distiller, next(iter(DeviceLoader(data.train, data, 64, device=device))).images, device)
+        apply_layout(distiller, layout)  # NHWC where fit() would pick it
         loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True, drop_last=True,
-                              channels_last=device.type == "cuda")
+                              channels_last=layout["student"])
         opt = torch.optim.SGD(s.parameters(), lr=0.01, momentum=0.9)
         rows.append(dict(row=name, student=student, teacher=teacher, method=method, image_size=size,
-                         batch_size=batch_size, train_images=n_train, batches=list(loader), distiller=distiller,
+                         batch_size=batch_size, train_images=n_train, channels_last=layout, batches=list(loader),
+                         distiller=distiller,
                          opt=opt, times=[]))
     for k in range(a.warmup + a.steps):  # round-robin: one step of every row, then the next
         for r in rows:
@@ -91,7 +96,7 @@ def main(argv=None) -> dict:
         epoch_s = r["train_images"] / ips
         print(f"{r['row']:<52} {ips:>8.0f} {epoch_s:>21.0f}")
         table.append({k: r[k] for k in ("row", "student", "teacher", "method", "image_size", "batch_size",
-                                         "train_images")} | {"step_s": step, "images_per_s": ips, "epoch_s": epoch_s})
+                                         "train_images", "channels_last")} | {"step_s": step, "images_per_s": ips, "epoch_s": epoch_s})
     result = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": cpu_features(), "precision": precision, "commit": commit, "steps": a.steps,
               "warmup": a.warmup, "rows": table,

@@ -216,6 +216,21 @@ def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.d
     return channels_last_speedup(model, images, train) >= CHANNELS_LAST_MIN_SPEEDUP
 
 
+def choose_layout(distiller: Distiller, images: torch.Tensor, device: torch.device, probe: bool = True) -> dict:
+    """{"student": bool, "teacher": bool}: which of the two runs NHWC (choose_channels_last for each)."""
+    teacher = distiller.teacher
+    return {"student": choose_channels_last(distiller.student, images, device, True, probe),
+            "teacher": teacher is not None and choose_channels_last(teacher, images, device, False, probe)}
+
+
+def apply_layout(distiller: Distiller, layout: dict) -> None:
+    """NHWC weights make the convs run NHWC, even on NCHW batches. A teacher stays NHWC after the run (its
+    values are unchanged)."""
+    for name, on in layout.items():
+        if on:
+            getattr(distiller, name).to(memory_format=torch.channels_last)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (model init and dropout); optionally force deterministic kernels."""
     random.seed(seed)
@@ -433,16 +448,13 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         init_from_data(student, data)
     layout = ckpt.get("channels_last") if ckpt else None  # a resumed run keeps its memory format
     if layout is None:
-        layout = {"student": cfg.channels_last and choose_channels_last(student, sample, device, True, not cfg.deterministic),
-                  "teacher": cfg.channels_last and distiller.teacher is not None
-                  and choose_channels_last(distiller.teacher, sample, device, False, not cfg.deterministic)}
+        layout = (choose_layout(distiller, sample, device, probe=not cfg.deterministic) if cfg.channels_last
+                  else {"student": False, "teacher": False})
     if world > 1:  # every rank runs rank 0's layout
         flags = torch.tensor([layout["student"], layout["teacher"]], dtype=torch.int64, device=device)
         dist.broadcast(flags, 0)
         layout = {"student": bool(flags[0]), "teacher": bool(flags[1])}
-    for name, on in layout.items():
-        if on:  # NHWC weights make the convs run NHWC; the teacher's stay NHWC after the run (values unchanged)
-            getattr(distiller, name).to(memory_format=torch.channels_last)
+    apply_layout(distiller, layout)
     channels_last = layout["student"]  # the batches follow the student's layout
     train_loader = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
                                 drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
