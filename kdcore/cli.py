@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> dict:
     rank, world = _dist()
     test = evaluate(student, data, "test", device=result.device)
     last = result.history.iloc[-1] if len(result.history) else None
-    summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher, "method": args.method,
+    summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher,
+               "teacher_checkpoint": args.teacher_checkpoint, "method": args.method, "seed": args.seed,
                "epochs_run": int(len(result.history)), "best_epoch": result.best_epoch,
                "best_val_acc": result.best_val_acc,
                "final_val_acc": float(last["val_acc"]) if last is not None else None,

@@ -45,7 +45,8 @@ def test_two_rank_training_stays_in_sync_and_only_rank_0_writes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     summary = json.loads([line for line in lines if line.startswith("{")][-1])
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["seed"] == 0
+    assert set(summary["channels_last"]) == {"student", "teacher"}  # rank 0's layout, broadcast to rank 1
     assert summary["precision"] in ("fp32", "bf16") and "amx" in summary["cpu"] and summary["commit"]  # which run
     h = summary["weights_sha1"]
     assert len(h) == 2 and h[0] == h[1], f"ranks ended with different weights: {h}"

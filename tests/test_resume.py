@@ -71,6 +71,7 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted_run(tmp_path):
     assert "after epoch 2" in stdout and resumed["resumed_from"] == 2
     _, ref = _finish(reference)
     assert ref["resumed_from"] is None
+    assert ref["channels_last"] == resumed["channels_last"] == {"student": False, "teacher": False}  # deterministic
 
     for key in ("best_epoch", "best_val_acc", "final_val_acc", "test_acc", "test_f1", "weights_sha1", "epochs_run"):
         assert resumed[key] == ref[key], key
