@@ -1,0 +1,49 @@
+"""benchmarks/probe_gain.py: pairs kdcore train summaries by seed and gives kdcore.stats' paired interval."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def _runs(root: Path, name: str, accs: dict[int, float]) -> list[str]:
+    folders = []
+    for seed, acc in accs.items():
+        folder = root / f"{name}-seed{seed}"
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"seed": seed, "method": name, "test_acc": acc,
+                                                         "test_f1": acc - 0.01}))
+        folders.append(str(folder))
+    return folders
+
+
+def test_gain_is_the_mean_of_per_seed_differences_with_a_t_interval(tmp_path):
+    import probe_gain
+
+    base = _runs(tmp_path, "baseline", {0: 0.80, 1: 0.82, 2: 0.81, 7: 0.5})  # seed 7 has no partner: left out
+    kd = _runs(tmp_path, "kd", {0: 0.82, 1: 0.83, 2: 0.84})
+    out = tmp_path / "gain.json"
+    result = probe_gain.main(["--baseline", *base, "--method", *kd, "--out", str(out)])
+    gain = result["test_acc"]["gain"]
+    assert result["seeds"] == [0, 1, 2] and gain["n"] == 3
+    assert gain["delta"] == pytest.approx(0.02)  # differences 0.02, 0.01, 0.03: mean 0.02, sd 0.01
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # t(0.975, df=2) · sd / √n
+    assert gain["ci_low"] == pytest.approx(0.02 - half) and gain["ci_high"] == pytest.approx(0.02 + half)
+    assert gain["significant"] is False  # [−0.0048, +0.0448] holds 0
+    assert json.loads(out.read_text())["seeds"] == [0, 1, 2]
+    tight = _runs(tmp_path, "kd_tight", {0: 0.82, 1: 0.841, 2: 0.829})  # differences 0.020, 0.021, 0.019
+    assert probe_gain.main(["--baseline", *base, "--method", *tight])["test_acc"]["gain"]["significant"] is True
+
+
+def test_a_folder_without_a_summary_or_seed_is_one_clear_error(tmp_path):
+    import probe_gain
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"test_acc": 0.8, "test_f1": 0.8}))
+    with pytest.raises(SystemExit, match="names no seed"):
+        probe_gain.main(["--baseline", str(tmp_path / "old"), "--method", str(tmp_path / "old")])
+    with pytest.raises(SystemExit, match="summary.json not found"):
+        probe_gain.main(["--baseline", str(tmp_path / "missing"), "--method", str(tmp_path / "old")])
