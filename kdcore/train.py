@@ -206,9 +206,9 @@ def channels_last_speedup(model: nn.Module, images: torch.Tensor, train: bool) -
 def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.device, train: bool,
                          probe: bool = True) -> bool:
     """NHWC for this model? On CUDA yes (cuDNN's tensor-core kernels want it). On a CPU only when
-    channels_last_safe() and, with `probe`, channels_last_speedup() >= CHANNELS_LAST_MIN_SPEEDUP: on this
-    2-core EPYC (no AVX512) NHWC made the airbench teacher's forward 1.45x and airbench_small's training step
-    1.3x faster, but depthwise convs can lose. Without `probe` (deterministic runs: no timing may decide) NCHW."""
+    channels_last_safe() and, with `probe`, channels_last_speedup() >= CHANNELS_LAST_MIN_SPEEDUP: on a
+    2-core EPYC without AVX512, NHWC made the airbench teacher's forward 1.39x and airbench_small's training
+    step 1.38x faster, student_resnet's forward only 1.06x (README, "Memory format"). Without `probe` (deterministic runs: no timing may decide) NCHW."""
     if device.type == "cuda":
         return True
     if device.type != "cpu" or not probe or not channels_last_safe(model):
@@ -430,7 +430,6 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     student = distiller.student
     device = resolve_device(cfg.device)
     rank, world = _dist()
-    cuda = device.type == "cuda"
     out = Path(out_dir) if out_dir is not None else None
     ckpt = _resume_state(out, resume, cfg)
     # a resumed run keeps its precision; a deterministic one must not depend on a timing
