@@ -203,17 +203,27 @@ def channels_last_speedup(model: nn.Module, images: torch.Tensor, train: bool) -
     return best[formats[0]] / best[formats[1]]
 
 
+_LAYOUT_CHOICES: dict = {}  # one probe per architecture, input shape and role in a process (as bf16_speedup): runs of
+# one notebook or test then share a layout, so a cached run can match an online one bit for bit, and the teacher is
+# not timed again by every run that reuses it
+
+
 def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.device, train: bool,
                          probe: bool = True) -> bool:
     """NHWC for this model? On CUDA yes (cuDNN's tensor-core kernels want it). On a CPU only when
     channels_last_safe() and, with `probe`, channels_last_speedup() >= CHANNELS_LAST_MIN_SPEEDUP: on a
     2-core EPYC without AVX512, NHWC made the airbench teacher's forward 1.39x and airbench_small's training
-    step 1.38x faster, student_resnet's forward only 1.06x (README, "Memory format"). Without `probe` (deterministic runs: no timing may decide) NCHW."""
+    step 1.38x faster, student_resnet's forward only 1.06x (README, "Memory format"). Timed once per process
+    for each architecture, input shape and role. Without `probe` (deterministic runs: no timing may decide) NCHW."""
     if device.type == "cuda":
         return True
     if device.type != "cpu" or not probe or not channels_last_safe(model):
         return False
-    return channels_last_speedup(model, images, train) >= CHANNELS_LAST_MIN_SPEEDUP
+    key = (type(model).__qualname__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+           tuple(images.shape), train)
+    if key not in _LAYOUT_CHOICES:
+        _LAYOUT_CHOICES[key] = channels_last_speedup(model, images, train) >= CHANNELS_LAST_MIN_SPEEDUP
+    return _LAYOUT_CHOICES[key]
 
 
 def choose_layout(distiller: Distiller, images: torch.Tensor, device: torch.device, probe: bool = True) -> dict:
