@@ -17,6 +17,8 @@ only the batch's rows cross the bus (non_blocking).
 
 `shared_cache` keeps the tables of this process by teacher weights, data and augmentation, so
 every logit-KD run of a notebook (any method, any seed) reuses the views earlier runs paid for.
+Given a folder, it also keeps each table on disk (`persist`: only the filled pairs, merged under a
+lock with what other processes wrote), so notebooks and CLI runs in other processes reuse them too.
 
 Note: a lazily filled pair was computed in whichever batch first needed it. Convolutions may
 pick a different kernel for a different batch size, so a cached row can differ from a fresh
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -35,6 +38,11 @@ import torch.nn as nn
 
 from .data import DeviceLoader, apply_views, atomic_save, num_views
 from .errors import CheckpointError
+
+try:
+    import fcntl  # POSIX file locks: processes sharing a cache file merge instead of overwriting each other
+except ImportError:  # pragma: no cover (Windows: no lock; one writer at a time is then the user's job)
+    fcntl = None
 
 __all__ = ["TeacherLogitCache", "teacher_fingerprint", "storage_dtype", "shared_cache", "clear_shared_caches"]
 
@@ -85,6 +93,7 @@ class TeacherLogitCache:
         self._written = 0  # pairs written so far (an upper bound on filled ones): checks completeness cheaply
         self.teacher_images = 0  # how many (image, view) pairs the teacher has been run on
         self.hits = self.misses = 0
+        self.path: Path | None = None  # where persist() keeps the table (shared_cache with a folder)
 
     def _storage_device(self, shape) -> torch.device:
         if self.device.type != "cuda":
@@ -169,46 +178,95 @@ class TeacherLogitCache:
         return self.precompute(self.source, self.normalize, batch_size)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write logits, mask and fingerprint atomically."""
-        atomic_save({"fingerprint": self.fingerprint, "logits": self.logits.cpu(), "filled": self.filled.cpu(),
-                     "pad": self.pad, "flip": self.flip, "num_views": self.num_views}, Path(path))
+        """Write the filled pairs (image, view, logits) and the fingerprint atomically: sparse, since a run
+        fills one view per image and epoch (8 epochs of CIFAR-10: 15 MB instead of the 292 MB table)."""
+        pairs = self.filled.nonzero().cpu()
+        atomic_save({"format": 2, "fingerprint": self.fingerprint, "shape": tuple(self.logits.shape),
+                     "pad": self.pad, "flip": self.flip, "pairs": pairs.to(torch.int32),
+                     "logits": self.logits[pairs[:, 0].to(self.storage), pairs[:, 1].to(self.storage)].cpu()}, Path(path))
 
     def load(self, path: str | os.PathLike) -> "TeacherLogitCache":
-        """Load a saved cache into this one; refuse one made by another teacher, augmentation or data."""
+        """Add a saved cache's pairs to this one (a union: pairs filled here stay); refuse one made by another
+        teacher, augmentation or data."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != self.fingerprint or tuple(state["logits"].shape) != tuple(self.logits.shape):
+        shape = tuple(state.get("shape", ()))
+        if state.get("format") != 2 or state["fingerprint"] != self.fingerprint or shape != tuple(self.logits.shape):
             raise CheckpointError(
                 f"Teacher cache {path} was built for a different teacher, augmentation (pad/flip) or dataset "
-                f"(fingerprint {state['fingerprint'][:12]} shape {tuple(state['logits'].shape)}, this run needs "
-                f"{self.fingerprint[:12]} shape {tuple(self.logits.shape)}). Delete it or rebuild it with this teacher.")
-        self.logits.copy_(state["logits"].to(self.dtype))
-        self.filled.copy_(state["filled"])
+                f"(fingerprint {str(state.get('fingerprint'))[:12]} shape {shape}, this run needs "
+                f"{self.fingerprint[:12]} shape {tuple(self.logits.shape)}), or by an older kdcore. Delete it or "
+                f"rebuild it with this teacher.")
+        i, v = state["pairs"].long().to(self.storage).unbind(1)
+        self.logits[i, v] = state["logits"].to(self.storage, self.dtype)
+        self.filled[i, v] = True
         self._written = int(self.filled.sum())
-        self.complete = bool(self.filled.all())
+        self.complete = self._written == self.filled.numel()
         return self
+
+    def persist(self) -> None:
+        """Merge this table into its file (`path`) under a lock: pairs other processes added since are kept."""
+        if self.path is None:
+            raise ValueError("persist() needs a path: get the cache from shared_cache(..., directory=...).")
+        with _locked(self.path):
+            if self.path.exists():
+                self.load(self.path)
+            self.save(self.path)
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on <path>.lock for the duration (no-op where fcntl is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _SHARED: OrderedDict[tuple, TeacherLogitCache] = OrderedDict()
 SHARED_MAX = 2  # tables kept per process (each N·V·C logits): a notebook's teacher, with bounded memory
 
 
-def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp: bool = False) -> TeacherLogitCache:
+def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp: bool = False,
+                 directory: str | os.PathLike | None = None) -> TeacherLogitCache:
     """This process's cache for `teacher` (by weights) on `loader`'s images, normaliser, views and device.
 
     Runs with the same seed see the same views, so the second logit-KD run of a notebook finds every
-    view already there; other seeds add theirs. The last SHARED_MAX tables are kept.
+    view already there; other seeds add theirs. The last SHARED_MAX tables are kept. With `directory`, a new
+    table starts from its file there, if one exists, and `persist()` writes it back.
     """
     fingerprint = teacher_fingerprint(teacher, loader.pad, loader.flip, loader.images)
     views = loader.num_views if loader.augment else 1
-    key = (fingerprint, views, num_classes, str(loader.device), amp,
-           tuple(loader.mean.flatten().tolist()), tuple(loader.std.flatten().tolist()))
-    cache = _SHARED.pop(key, None) or TeacherLogitCache.for_loader(teacher, loader, num_classes, amp=amp,
-                                                                   fingerprint=fingerprint)
+    identity = (fingerprint, views, num_classes, amp, tuple(loader.mean.flatten().tolist()),
+                tuple(loader.std.flatten().tolist()))
+    key = identity + (str(loader.device),)
+    cache = _SHARED.pop(key, None)
+    if cache is None:
+        cache = TeacherLogitCache.for_loader(teacher, loader, num_classes, amp=amp, fingerprint=fingerprint)
+        if directory is not None:
+            cache.path = Path(directory) / f"{_file_name(teacher, identity)}.pt"
+            if cache.path.exists():
+                with _locked(cache.path):
+                    cache.load(cache.path)
     cache.teacher = teacher  # same weights; misses run on this run's module
     _SHARED[key] = cache
     while len(_SHARED) > SHARED_MAX:
         _SHARED.popitem(last=False)
     return cache
+
+
+def _file_name(teacher: nn.Module, identity: tuple) -> str:
+    """A cache file's name: the table's identity (fingerprint, views, classes, amp, normaliser) plus the teacher's class and the source of
+    kdcore.models, so a file is never read by a teacher whose forward pass changed under the same weights."""
+    from . import models
+
+    h = hashlib.sha1(repr(identity).encode() + f"{type(teacher).__module__}.{type(teacher).__qualname__}".encode())
+    h.update(Path(models.__file__).read_bytes())
+    return f"{type(teacher).__name__.lower()}-{identity[0][:12]}-{h.hexdigest()[:12]}"
 
 
 def clear_shared_caches() -> None:

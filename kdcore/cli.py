@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     t.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick checks)")
     t.add_argument("--teacher-cache", action="store_true", help="cache the teacher's logits per augmented view (exact)")
+    t.add_argument("--teacher-cache-dir", default=None,
+                   help="keep that cache in this folder too (implies --teacher-cache): later runs with the same teacher, "
+                        "data and seed, in any process, skip the teacher's forward pass")
     t.add_argument("--seed", type=int, default=0, help="seeds initialisation, batch order and augmentation")
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (torch.use_deterministic_algorithms)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
@@ -161,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       schedule=args.schedule, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       early_stopping=args.early_stopping, augment=not args.no_augment,
-                      max_steps_per_epoch=args.max_steps_per_epoch, teacher_cache=args.teacher_cache, seed=args.seed,
+                      max_steps_per_epoch=args.max_steps_per_epoch, teacher_cache=args.teacher_cache,
+                      teacher_cache_dir=args.teacher_cache_dir, seed=args.seed,
                       deterministic=args.deterministic, device=args.device, progress=args.progress).validate()
     torch.manual_seed(args.seed)  # model initialisation
     student = create_model(args.student, num_classes=data.num_classes, in_channels=data.in_channels)
@@ -177,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
     last = result.history.iloc[-1] if len(result.history) else None
     summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher,
                "teacher_checkpoint": args.teacher_checkpoint, "method": args.method, "seed": args.seed,
+               "alpha": args.alpha, "temperature": args.temperature, "teacher_cache": result.teacher_cache,
                "epochs_run": int(len(result.history)), "best_epoch": result.best_epoch,
                "best_val_acc": result.best_val_acc,
                "final_val_acc": float(last["val_acc"]) if last is not None else None,

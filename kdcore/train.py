@@ -59,6 +59,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC where it pays: on CUDA always, on CPU per model (choose_channels_last)
     compile: bool = False
     teacher_cache: bool = False  # exact per-view teacher-logit cache (kdcore.cache), shared by runs of one teacher
+    teacher_cache_dir: str | None = None  # also keep that cache here, for runs in other processes (implies teacher_cache)
     seed: int = 0
     deterministic: bool = False
     progress: bool = False
@@ -81,7 +82,8 @@ class TrainConfig:
 
     def key(self) -> str:
         """Hash of everything that changes the result (not progress or compile), for resume checks."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "compile", "device")}
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in ("progress", "compile", "device", "teacher_cache_dir")}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -479,8 +481,9 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     optimizer = _make_optimizer(params, cfg)
     scheduler = _make_scheduler(optimizer, cfg, steps)
     cache = None
-    if cfg.teacher_cache and distiller.needs_teacher and not distiller.needs_teacher_features:
-        cache = shared_cache(distiller.teacher, train_loader, data.num_classes, amp=bf16)
+    if (cfg.teacher_cache or cfg.teacher_cache_dir) and distiller.needs_teacher and not distiller.needs_teacher_features:
+        cache = shared_cache(distiller.teacher, train_loader, data.num_classes, amp=bf16,
+                             directory=cfg.teacher_cache_dir)
         hits0, misses0 = cache.hits, cache.misses
     if cfg.compile:
         if distiller.needs_teacher_features:  # hooks re-registered every step would force recompiles
@@ -510,6 +513,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         t0 = time.perf_counter()
         train = train_epoch(distiller, train_loader, optimizer, None if cfg.schedule == "plateau" else scheduler,
                             epoch=epoch, steps=steps, cache=cache, bf16=bf16, progress=cfg.progress and rank == 0)
+        if cache is not None and cache.path is not None:  # every rank: each holds the views of its own shard
+            cache.persist()
         cm, val_loss_sum = confusion(student, val_loader, data.num_classes, bf16)
         val = metrics_from_confusion(cm)
         if cfg.schedule == "plateau":

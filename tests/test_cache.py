@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kdcore import create_model, fit, load_dataset, make_distiller
-from kdcore.cache import TeacherLogitCache, clear_shared_caches, storage_dtype
+from kdcore.cache import TeacherLogitCache, clear_shared_caches, shared_cache, storage_dtype
 from kdcore.data import DeviceLoader, apply_views
 from kdcore.errors import CheckpointError
 
@@ -114,12 +114,12 @@ def test_fill_all_matches_lazy_fill_and_then_never_calls_the_teacher(data):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # batch composition differs
 
 
-def _fit(data, method, teacher, teacher_cache):
+def _fit(data, method, teacher, teacher_cache, **train):
     torch.manual_seed(3)
     student = create_model("student_light", num_classes=10)
     distiller = make_distiller(method, student, teacher, alpha=0.7)
     return fit(distiller, data, epochs=2, batch_size=64, lr=0.05, pad=PAD, device="cpu", precision="fp32",
-               teacher_cache=teacher_cache)
+               teacher_cache=teacher_cache, **train)
 
 
 def test_fit_with_cache_matches_fit_without(data):
@@ -166,6 +166,67 @@ def test_save_load_round_trip_and_other_teacher_is_refused(data, tmp_path):
     wider = DeviceLoader(data.train, data, 32, augment=True, shuffle=True, pad=PAD + 1)
     with pytest.raises(CheckpointError, match="pad/flip"):
         TeacherLogitCache.for_loader(cache.teacher, wider, 10).load(tmp_path / "c.pt")
+
+
+def test_saved_file_holds_only_the_filled_pairs(data, tmp_path):
+    loader, cache = _cache(data, _teacher(0))
+    batch = next(iter(loader))
+    cache.fetch(batch.index, batch.view, batch.images)
+    cache.save(tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert len(state["pairs"]) == int(cache.filled.sum()) == len(batch.index)
+    assert torch.equal(state["logits"], cache.logits[state["pairs"][:, 0].long(), state["pairs"][:, 1].long()])
+
+
+def test_persist_merges_what_other_processes_wrote(data, tmp_path):
+    """Two caches of one teacher (as two processes) persist to one file: the file keeps both sets of pairs,
+    and a third cache loaded from it answers every one of them without the teacher."""
+    teacher = _teacher(0)
+    loader = DeviceLoader(data.train, data, 32, augment=True, shuffle=True, pad=PAD)
+    first, second = (shared_cache(teacher, loader, 10, directory=tmp_path) for _ in range(2))
+    assert first is second  # one process: one table
+    clear_shared_caches()
+    other = shared_cache(teacher, loader, 10, directory=tmp_path)  # "another process": starts from the (absent) file
+    assert other is not first and other.path == first.path and not other.filled.any()
+    batches = iter(loader)
+    a, b = next(batches), next(batches)
+    want_a = first.fetch(a.index, a.view, a.images)
+    want_b = other.fetch(b.index, b.view, b.images)
+    first.persist()
+    other.persist()  # merges first's pairs instead of overwriting them
+    clear_shared_caches()
+    third = shared_cache(teacher, loader, 10, directory=tmp_path)
+    assert int(third.filled.sum()) == len(torch.unique(torch.cat([a.index * 1000 + a.view, b.index * 1000 + b.view])))
+    counter = Counter(teacher)
+    assert torch.equal(third.fetch(a.index, a.view, a.images), want_a)
+    assert torch.equal(third.fetch(b.index, b.view, b.images), want_b)
+    assert counter.calls == 0
+    shifted = DeviceLoader(data.train, data, 32, augment=True, shuffle=True, pad=PAD + 1)
+    assert shared_cache(teacher, shifted, 10, directory=tmp_path).path != first.path  # other views: another file
+
+
+def test_fit_with_a_cache_folder_reuses_the_views_of_an_earlier_process(data, tmp_path):
+    """teacher_cache_dir: a run in a fresh process (shared caches cleared) with the same teacher and seed
+    never runs the teacher, and trains as the in-process cached run does."""
+    teacher = _teacher()
+    first = _fit(data, "kd", teacher, False, teacher_cache_dir=str(tmp_path))
+    assert first.teacher_cache["misses"] > 0 and len(list(tmp_path.glob("*.pt"))) == 1
+    in_process = _fit(data, "dkd", teacher, True)
+    clear_shared_caches()
+    counter = Counter(teacher)
+    later = _fit(data, "dkd", _teacher(), False, teacher_cache_dir=str(tmp_path))
+    assert later.teacher_cache["misses"] == 0
+    assert later.teacher_cache["hits"] == first.teacher_cache["hits"] + first.teacher_cache["misses"]
+    assert counter.images == 0  # (dkd's prepare() probe runs on the other module)
+    cols = [c for c in later.history.columns if c != "seconds"]
+    assert later.history[cols].equals(in_process.history[cols])
+
+
+def test_an_old_or_foreign_cache_file_is_refused_with_the_fix(data, tmp_path):
+    loader, cache = _cache(data, _teacher(0))
+    torch.save({"fingerprint": cache.fingerprint, "logits": cache.logits, "filled": cache.filled}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="older kdcore. Delete it"):
+        cache.load(tmp_path / "old.pt")
 
 
 @pytest.mark.cuda
