@@ -74,15 +74,19 @@ def _hash(obj) -> str:
 
 
 _PRESENTATION = ("report", "cli", "__main__", "plots", "gradcam")
+# airbench.train is its own recipe: these sources alone shape an airbench teacher (kdcore.train only picks its device,
+# precision and memory format, which the run records), so edits elsewhere keep the hour-long CPU teacher valid
+TEACHER_SOURCES = {"airbench": ("airbench", "data", "models")}
 
 
 @functools.lru_cache(maxsize=None)
-def code_version() -> str:
+def code_version(modules: tuple[str, ...] | None = None) -> str:
     """Hash of the kdcore sources that shape a trained model: part of every cache key, so a code change never
-    reuses a stale run. The presentation modules (report, CLI, plots, Grad-CAM) are left out."""
+    reuses a stale run. The presentation modules (report, CLI, plots, Grad-CAM) are left out; with `modules`,
+    only those (module names) count."""
     h = hashlib.sha1()
     for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        if path.stem not in _PRESENTATION:
+        if path.stem in modules if modules else path.stem not in _PRESENTATION:
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:12]
 
@@ -168,7 +172,7 @@ class TeacherResult:
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
                 model_kwargs: dict | None = None, pretrained: bool = False, train: dict | None = None) -> str:
-    cfg = dict(code=code_version(), data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
+    cfg = dict(code=code_version(TEACHER_SOURCES.get(name)), data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
                batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
                train={k: v for k, v in (train or {}).items() if k not in ("progress", "device", "teacher_cache")})
     return f"{data.name}-{name}-{_hash(cfg)}"

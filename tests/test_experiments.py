@@ -65,13 +65,25 @@ def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monke
                             cache=False, **TINY).runs["reused"].any()
     assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, teacher_cache=True,
                         **TINY).runs["reused"].all()  # one baseline serves notebooks with and without a teacher cache
-    monkeypatch.setattr(ex, "code_version", lambda: "edited-sources")
+    monkeypatch.setattr(ex, "code_version", lambda modules=None: "edited-sources")
     assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                             **TINY).runs["reused"].any()  # a code change never serves the old run
 
 
 def test_code_version_hashes_the_package_sources():
     assert len(ex.code_version()) == 12 and ex.code_version() == ex.code_version()
+    recipe = ex.code_version(ex.TEACHER_SOURCES["airbench"])
+    assert len(recipe) == 12 and recipe != ex.code_version()
+
+
+def test_an_airbench_teacher_key_hashes_only_its_recipe_sources(monkeypatch):
+    """airbench.train is its own recipe, so an edit to fit() or the losses keeps the hour-long CPU teacher;
+    a teacher trained by fit() still depends on every training source."""
+    data = load_dataset("synthetic", synthetic=dict(train_size=64, val_size=16, test_size=16, image_size=16))
+    seen = []
+    monkeypatch.setattr(ex, "code_version", lambda modules=None: seen.append(modules) or f"code-{modules}")
+    keys = [ex.teacher_key(data, name, epochs=1, lr=0.1, batch_size=8) for name in ("airbench", "tiny_resnet")]
+    assert seen == [("airbench", "data", "models"), None] and keys[0] != keys[1]
 
 
 def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_path):
