@@ -253,7 +253,8 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
 
     `method` is a name such as "kd+at", or a Term built in a notebook (a fresh copy is used for every seed).
     With `checkpoint_dir` and `cache`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused
-    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Runs with a
+    by an identical later call; with `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are kept
+    under <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher too; the key covers the kdcore sources, data, models, settings and seed. Runs with a
     teacher from outside get_teacher, or a Term defined outside kdcore, are never cached (their code is unknown).
     """
     custom = not isinstance(method, str)
@@ -287,8 +288,10 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
         else:
             kd = (make_distiller(copy.deepcopy(method) if custom else method, model, teacher, **distill)
                   if uses_teacher else model)
+            on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
+                       if train.get("teacher_cache") and checkpoint_dir is not None else {})  # for other notebooks
             result = fit(kd, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                         progress=progress, **train)
+                         progress=progress, **train, **on_disk)
             ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
             history = result.history
             row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],

@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from kdcore import experiments as ex
 from kdcore import load_dataset, profiles
@@ -128,3 +129,25 @@ def test_profiles_cover_every_notebook():
     assert profiles.params_for("gpu", "06_efficientvit")["student"] == "efficientvit_b1"  # common does not leak
     for name in ("cpu", "full", "gpu"):  # EuroSAT's seed student, whatever `common` gives the CIFAR notebooks
         assert profiles.params_for(name, "07_eurosat")["student"] == "smallmynet", name
+
+
+def test_logit_runs_keep_the_teachers_views_for_other_notebooks(tmp_path):
+    """run_seeds with a checkpoint folder and teacher_cache: a later process (shared caches cleared) running
+    another logit method at the same seed never runs the teacher."""
+    from kdcore import create_model
+    from kdcore.cache import clear_shared_caches
+
+    data = load_dataset("synthetic", synthetic=dict(train_size=128, val_size=32, test_size=32, image_size=16))
+    torch.manual_seed(0)
+    teacher = create_model("tiny_resnet", num_classes=10).eval()
+    clear_shared_caches()
+    ex.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
+                 teacher_cache=True, **TINY)
+    assert len(list((tmp_path / "logit-cache").glob("*.pt"))) == 1
+    clear_shared_caches()
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    ex.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
+                 teacher_cache=True, distill={"alpha": 0.5}, **TINY)
+    clear_shared_caches()
+    assert calls == [8]  # only the distiller's prepare() probe: every training view came from the file
