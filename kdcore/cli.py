@@ -133,6 +133,14 @@ def _state_hash(module) -> str:
     return h.hexdigest()[:16]
 
 
+def _terms(distiller) -> dict:
+    """Each loss term's weight and its own options (dkd: alpha, beta, T): what the run optimised, whichever
+    command-line flags reached which term."""
+    skip = {"name", "weight", "pairs", "paper", "code", "layers", "training"}
+    return {t.name: {"weight": t.weight, **{k: v for k, v in vars(t).items() if not k.startswith("_") and k not in skip
+                                             and isinstance(v, (int, float, str, bool))}} for t in distiller.terms}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
     import torch.distributed as dist
@@ -181,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     last = result.history.iloc[-1] if len(result.history) else None
     summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher,
                "teacher_checkpoint": args.teacher_checkpoint, "method": args.method, "seed": args.seed,
-               "alpha": args.alpha, "temperature": args.temperature, "teacher_cache": result.teacher_cache,
+               "terms": _terms(distiller), "teacher_cache": result.teacher_cache,
                "epochs_run": int(len(result.history)), "best_epoch": result.best_epoch,
                "best_val_acc": result.best_val_acc,
                "final_val_acc": float(last["val_acc"]) if last is not None else None,
