@@ -172,8 +172,8 @@ class TeacherResult:
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
                 model_kwargs: dict | None = None, pretrained: bool = False, train: dict | None = None) -> str:
-    cfg = dict(code=code_version(TEACHER_SOURCES.get(name)), data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
-               batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
+    cfg = dict(code=code_version(TEACHER_SOURCES.get(name)), data=data_fingerprint(data), model=name,
+               kwargs=model_kwargs or {}, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
                train={k: v for k, v in (train or {}).items() if k not in ("progress", "device", "teacher_cache")})
     return f"{data.name}-{name}-{_hash(cfg)}"
 
@@ -253,9 +253,10 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
 
     `method` is a name such as "kd+at", or a Term built in a notebook (a fresh copy is used for every seed).
     With `checkpoint_dir` and `cache`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused
-    by an identical later call; with `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are kept
-    under <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher too; the key covers the kdcore sources, data, models, settings and seed. Runs with a
+    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Runs with a
     teacher from outside get_teacher, or a Term defined outside kdcore, are never cached (their code is unknown).
+    With `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are also kept under
+    <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher as well.
     """
     custom = not isinstance(method, str)
     label = label or (method.name if custom else method)
