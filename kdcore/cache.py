@@ -237,7 +237,8 @@ def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp
 
     Runs with the same seed see the same views, so the second logit-KD run of a notebook finds every
     view already there; other seeds add theirs. The last SHARED_MAX tables are kept. With `directory`, a new
-    table starts from its file there, if one exists, and `persist()` writes it back.
+    table (or one made
+    earlier without a folder) adds its file's pairs there, if the file exists, and `persist()` writes it back.
     """
     fingerprint = teacher_fingerprint(teacher, loader.pad, loader.flip, loader.images)
     views = loader.num_views if loader.augment else 1
@@ -247,11 +248,11 @@ def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp
     cache = _SHARED.pop(key, None)
     if cache is None:
         cache = TeacherLogitCache.for_loader(teacher, loader, num_classes, amp=amp, fingerprint=fingerprint)
-        if directory is not None:
-            cache.path = Path(directory) / f"{_file_name(teacher, identity)}.pt"
-            if cache.path.exists():
-                with _locked(cache.path):
-                    cache.load(cache.path)
+    if directory is not None and cache.path is None:  # a table made earlier without a folder joins it too
+        cache.path = Path(directory) / f"{_file_name(teacher, identity)}.pt"
+        if cache.path.exists():
+            with _locked(cache.path):
+                cache.load(cache.path)
     cache.teacher = teacher  # same weights; misses run on this run's module
     _SHARED[key] = cache
     while len(_SHARED) > SHARED_MAX:
