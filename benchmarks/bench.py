@@ -115,8 +115,9 @@ def reference_loop(teacher, student, data, epochs, device, workers, batch_size=6
     for epoch in range(epochs):
         t0 = time.perf_counter()
         student.train()
+        loss_sum = 0.0
         for x, y in train:
-            loss = reference_step(teacher, student, opt, x, y, device)
+            loss_sum += reference_step(teacher, student, opt, x, y, device).detach()  # no sync per step on a GPU
             sched.step()
         student.eval()
         correct = total = 0
@@ -125,8 +126,8 @@ def reference_loop(teacher, student, data, epochs, device, workers, batch_size=6
                 correct += (student(x.to(device)).argmax(1).cpu() == y).sum().item()
                 total += len(y)
         epoch_s.append(time.perf_counter() - t0)
-        acc = correct / total
-        log(f"  reference epoch {epoch + 1}/{epochs}: loss={loss.item():.4f} val_acc={acc:.4f} {epoch_s[-1]:.1f}s")
+        acc, mean_loss = correct / total, float(loss_sum) / len(train)  # the epoch's mean, as fit() logs
+        log(f"  reference epoch {epoch + 1}/{epochs}: loss={mean_loss:.4f} val_acc={acc:.4f} {epoch_s[-1]:.1f}s")
         if acc > best:
             best, best_state = acc, copy.deepcopy(student.state_dict())
     student.load_state_dict(best_state)  # best validation epoch, as fit() does

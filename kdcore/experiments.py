@@ -168,6 +168,7 @@ class TeacherResult:
     eval: dict
     pretrained: bool = False
     test_acc_tta: float | None = None  # airbench only: with its test-time augmentation (KD uses plain logits)
+    trained_with: dict = field(default_factory=dict)  # device, precision, channels_last, threads ({}: older file)
 
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
@@ -201,6 +202,7 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
         model.load_state_dict(ckpt["model"])
         trained, history, seconds = False, pd.DataFrame(ckpt["history"]), ckpt["seconds"]
         logits, labels, tta = ckpt["test_logits"], ckpt["test_labels"], ckpt.get("test_acc_tta")
+        trained_with = ckpt.get("trained_with", {})
         print(f"teacher {name}: loaded {path} (trained earlier in {seconds:.0f}s)")
     else:
         seed_everything(seed)
@@ -212,16 +214,20 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
             run = airbench.train(model, data, epochs=epochs, batch_size=batch, seed=seed, device=device,
                                  precision=train.get("precision", "auto"), progress=True)  # one line per epoch
             history, seconds, tta = pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"]
+            trained_with = {k: run[k] for k in ("device", "precision", "channels_last", "threads")}
         else:
             result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                          progress=progress, **train)
             history, seconds = result.history, result.seconds
+            trained_with = {"device": result.device, "precision": result.precision,
+                            "channels_last": result.channels_last.get("student", False),
+                            "threads": torch.get_num_threads()}
         TEACHER_TRAININGS += 1
         ev = evaluate(model, data, "test", device=device)
         logits, labels, trained = ev["logits"], ev["labels"], True
         atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history.to_dict("records"),
                      "seconds": seconds, "test_logits": logits, "test_labels": labels, "test_acc_tta": tta, "key": key,
-                     "name": name, "model_kwargs": model_kwargs}, path)
+                     "name": name, "model_kwargs": model_kwargs, "trained_with": trained_with}, path)
     model.eval()
     ev = classification_metrics(labels, logits.argmax(1), data.classes)
     ev["logits"], ev["labels"] = logits, labels
@@ -229,7 +235,7 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
     with_tta = f" (with TTA {tta:.4f}; KD uses the plain logits)" if tta is not None else ""
     print(f"teacher {name}: test accuracy {ev['accuracy']:.4f}{with_tta}, macro-F1 {ev['f1_macro']:.4f}")
     return TeacherResult(model, name, key, path, trained, ev["accuracy"], ev["f1_macro"], history, seconds, ev,
-                         bool(pretrained), tta)
+                         bool(pretrained), tta, trained_with)
 
 
 # --------------------------------------------------------------------------- multi-seed runs
@@ -589,6 +595,7 @@ class Context:
         if t is not None:
             teacher = {"name": t.name, "test_acc": t.test_acc, "test_acc_tta": t.test_acc_tta, "test_f1": t.test_f1,
                        "trained_here": t.trained, "pretrained": t.pretrained, "seconds": t.seconds, "checkpoint": str(t.path),
+                       "trained_with": t.trained_with,
                        **model_size(t.model), **latency.get("teacher", {})}
         runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
         payload = {"runs": runs, "baseline": baseline if baseline in self.results else None, "teacher": teacher,

@@ -126,6 +126,9 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
     second = ex.get_teacher(data, "airbench", **kw)
     assert not second.trained and ex.TEACHER_TRAININGS == before + 1
     assert second.test_acc_tta == first.test_acc_tta and second.test_acc == pytest.approx(first.test_acc)
+    assert second.trained_with == first.trained_with  # how it was trained, kept in the checkpoint
+    assert first.trained_with["device"] == "cpu" and first.trained_with["precision"] in ("fp32", "bf16")
+    assert isinstance(first.trained_with["channels_last"], bool) and first.trained_with["threads"] >= 1
 
 
 def test_shift_batchnorm_is_batchnorm_plus_a_trained_shift():

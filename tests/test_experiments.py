@@ -25,6 +25,7 @@ def test_get_teacher_trains_once_then_loads(data, tmp_path):
     assert not second.trained and ex.TEACHER_TRAININGS == before + 1
     assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
     assert second.test_acc == pytest.approx(first.test_acc)
+    assert second.trained_with == first.trained_with and first.trained_with["precision"] in ("fp32", "bf16")
     other = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **{**TINY, "lr": 0.01})
     assert other.key != first.key and ex.TEACHER_TRAININGS == before + 2
 

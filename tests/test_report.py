@@ -200,7 +200,7 @@ def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp
     report.write_index(folder, "smoke", [], 1.0)
     before, notebooks_before = _tree(folder), _tree(REPO / "notebooks")
     proc = subprocess.Popen([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--notebooks", "01", "02",
-                             "--out", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, like a shell job
     seen = []
     for line in proc.stdout:
@@ -219,13 +219,14 @@ def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp
     assert proc.returncode == 130, "".join(seen) + out + err
     assert err.strip() == f"interrupted: {folder} left unchanged"
     assert _tree(folder) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # no stage folder, no .tmp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "smoke"]  # no stage folder, no .tmp files
     assert _tree(REPO / "notebooks") == notebooks_before
 
 
 def test_smoke_report_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--out", str(tmp_path),
-                           "--figures", str(tmp_path / "images")], cwd=REPO, capture_output=True, text=True, timeout=900)
+                           "--figures", str(tmp_path / "images"), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # progress: a line per notebook start and end with an ETA, the kernel's run lines, no Jupyter warnings
     assert "[1/7] 01_baseline: started" in proc.stdout and "about" in proc.stdout and "left)" in proc.stdout
@@ -244,7 +245,8 @@ def test_smoke_report_end_to_end(tmp_path):
         assert f"href='{nb}.html'" in index
     assert "FAILED" not in index and not re.search(r"\bNaN\b|\bFalse\b|\bNone\b|PosixPath|\d\.\d{5,}", index)
     assert (out / "leaderboard.csv").exists() and (out / "leaderboard.md").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "smoke"]  # the stage folder is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "images", "smoke"]  # the stage folder is gone
+    assert list((tmp_path / "checkpoints").glob("teachers/*.pt"))  # the smoke teachers stay out of the repository
     figures = {p.name for p in (tmp_path / "images").iterdir()}
     assert {f"{nb}-1.png" for nb in NOTEBOOKS} <= figures  # every notebook plots at least its loss curves
 
