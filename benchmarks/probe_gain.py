@@ -3,11 +3,15 @@ lines that `kdcore train` printed (results/probes/<run>/summary.json), paired by
 
     .venv/bin/python benchmarks/probe_gain.py --baseline results/probes/A-seed* --method results/probes/B-seed* \
         --out results/probes/B-gain.json
+
+Summaries written before `kdcore train` recorded its seed are refused, unless --seed-from-name says to read the
+seed from the folder's `-seedN` suffix (the probes' naming); those rows then say `"seed_from": "folder name"`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -24,7 +28,7 @@ RUN_FIELDS = ("seed", "method", "student", "teacher", "epochs_run", "best_epoch"
               "device", "precision", "channels_last", "cpu", "commit")
 
 
-def load(folders: list[str]) -> pd.DataFrame:
+def load(folders: list[str], seed_from_name: bool = False) -> pd.DataFrame:
     """One row per run folder; each must hold the summary.json of one `kdcore train` run with its seed."""
     rows = []
     for folder in folders:
@@ -32,9 +36,14 @@ def load(folders: list[str]) -> pd.DataFrame:
         if not path.is_file():
             raise SystemExit(f"error: {path} not found: pass folders that hold kdcore train's summary.json")
         summary = json.loads(path.read_text())
+        row = {"run": Path(folder).name, **{k: summary.get(k) for k in RUN_FIELDS}}
         if "seed" not in summary:
-            raise SystemExit(f"error: {path} names no seed (written before kdcore train recorded it); runs pair by seed")
-        rows.append({"run": Path(folder).name, **{k: summary.get(k) for k in RUN_FIELDS}})
+            suffix = re.search(r"-seed(\d+)$", Path(folder).resolve().name)
+            if not (seed_from_name and suffix):
+                raise SystemExit(f"error: {path} names no seed (written before kdcore train recorded it); runs pair "
+                                 "by seed: pass --seed-from-name to read it from a folder named ...-seedN")
+            row.update(seed=int(suffix.group(1)), seed_from="folder name")
+        rows.append(row)
     runs = pd.DataFrame(rows)
     if runs.seed.duplicated().any():
         raise SystemExit(f"error: two runs share a seed in {folders}: one run per seed and configuration")
@@ -46,8 +55,10 @@ def main(argv=None) -> dict:
     p.add_argument("--baseline", nargs="+", required=True, help="run folders of the reference configuration")
     p.add_argument("--method", nargs="+", required=True, help="run folders of the configuration compared with it")
     p.add_argument("--out", default=None, help="write the result here as JSON (atomically)")
+    p.add_argument("--seed-from-name", action="store_true",
+                   help="for summaries without a seed, read it from the folder's -seedN suffix")
     a = p.parse_args(argv)
-    base, method = load(a.baseline), load(a.method)
+    base, method = load(a.baseline, a.seed_from_name), load(a.method, a.seed_from_name)
     seeds = sorted(set(base.seed) & set(method.seed))
     if not seeds:
         raise SystemExit(f"error: no seed in common (baseline {sorted(base.seed)}, method {sorted(method.seed)})")

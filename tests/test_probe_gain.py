@@ -47,3 +47,23 @@ def test_a_folder_without_a_summary_or_seed_is_one_clear_error(tmp_path):
         probe_gain.main(["--baseline", str(tmp_path / "old"), "--method", str(tmp_path / "old")])
     with pytest.raises(SystemExit, match="summary.json not found"):
         probe_gain.main(["--baseline", str(tmp_path / "missing"), "--method", str(tmp_path / "old")])
+
+
+def test_seed_from_name_serves_summaries_older_than_the_seed_field(tmp_path):
+    import probe_gain
+
+    base = _runs(tmp_path, "old", {0: 0.80, 1: 0.82, 2: 0.81})
+    for folder in base:  # as kdcore train wrote them before it recorded the seed
+        summary = Path(folder) / "summary.json"
+        summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items() if k != "seed"}))
+    kd = _runs(tmp_path, "kd", {0: 0.83, 1: 0.82, 2: 0.84})
+    with pytest.raises(SystemExit, match="--seed-from-name"):
+        probe_gain.main(["--baseline", *base, "--method", *kd])
+    result = probe_gain.main(["--baseline", *base, "--method", *kd, "--seed-from-name"])
+    assert result["seeds"] == [0, 1, 2] and result["test_acc"]["gain"]["delta"] == pytest.approx(0.02)
+    assert [r["seed_from"] for r in result["baseline"]] == ["folder name"] * 3
+    assert all("seed_from" not in r for r in result["method"])  # these summaries name their seed
+    (tmp_path / "unnamed").mkdir()
+    (tmp_path / "unnamed" / "summary.json").write_text(json.dumps({"test_acc": 0.8, "test_f1": 0.8}))
+    with pytest.raises(SystemExit, match="names no seed"):
+        probe_gain.main(["--baseline", str(tmp_path / "unnamed"), "--method", *kd, "--seed-from-name"])
