@@ -200,7 +200,8 @@ def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp
     report.write_index(folder, "smoke", [], 1.0)
     before, notebooks_before = _tree(folder), _tree(REPO / "notebooks")
     proc = subprocess.Popen([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--notebooks", "01", "02",
-                             "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, like a shell job
     seen = []
     for line in proc.stdout:
