@@ -237,8 +237,8 @@ def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp
 
     Runs with the same seed see the same views, so the second logit-KD run of a notebook finds every
     view already there; other seeds add theirs. The last SHARED_MAX tables are kept. With `directory`, a new
-    table (or one made
-    earlier without a folder) adds its file's pairs there, if the file exists, and `persist()` writes it back.
+    table, or one made earlier without a folder, adds its file's pairs, if the file exists, and `persist()` writes
+    it back.
     """
     fingerprint = teacher_fingerprint(teacher, loader.pad, loader.flip, loader.images)
     views = loader.num_views if loader.augment else 1

@@ -174,7 +174,8 @@ class TeacherResult:
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
                 model_kwargs: dict | None = None, pretrained: bool = False, train: dict | None = None) -> str:
     cfg = dict(code=code_version(TEACHER_SOURCES.get(name)), data=data_fingerprint(data), model=name,
-               kwargs=model_kwargs or {}, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
+               kwargs=model_kwargs or {}, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+               pretrained=bool(pretrained),
                train={k: v for k, v in (train or {}).items() if k not in ("progress", "device", "teacher_cache")})
     return f"{data.name}-{name}-{_hash(cfg)}"
 
