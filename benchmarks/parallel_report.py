@@ -10,7 +10,8 @@ s/run in the pages is the wall time of a run that shared the GPU with the others
     python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 --jobs 12 --deadline 480
 
 Nothing new starts after --deadline seconds; what still runs then is stopped (a report with Ctrl-C, so it
-leaves results/ as it was). Pages go to <out>/<profile>/, whose index is rebuilt at the end. --param values
+leaves results/ as it was; a run keeps its finished epochs in the run cache's <key>.partial/ and resumes from
+them when the same command runs again). Pages go to <out>/<profile>/, whose index is rebuilt at the end. --param values
 reach the runs and the reports alike (as in kdcore report). Logs: <logs>/<job>.log; the last lines printed are
 a table of what finished.
 """

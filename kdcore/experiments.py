@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -260,7 +261,9 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
 
     `method` is a name such as "kd+at", or a Term built in a notebook (a fresh copy is used for every seed).
     With `checkpoint_dir` and `cache`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused
-    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Runs with a
+    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Until it
+    finishes, its epochs are checkpointed in <key>.partial/, so an interrupted run (Ctrl-C, a killed kernel, a
+    deadline) resumes from its last epoch when the same call runs again. Runs with a
     teacher from outside get_teacher, or a Term defined outside kdcore, are never cached (their code is unknown).
     With `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are also kept under
     <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher as well.
@@ -298,18 +301,22 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
                   if uses_teacher else model)
             on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
                        if train.get("teacher_cache") and checkpoint_dir is not None else {})  # for other notebooks
+            partial = path.with_suffix(".partial") if path is not None else None  # an interrupted run resumes here
             result = fit(kd, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                         progress=progress, **train, **on_disk)
+                         progress=progress, out_dir=partial, **train, **on_disk)
+            before = result.history["seconds"].iloc[:result.resumed_from or 0].sum()  # epochs of earlier sessions
             ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
             history = result.history
             row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
                    "precision": ev["precision_macro"], "recall": ev["recall_macro"], "val_acc": result.best_val_acc,
-                   "best_epoch": result.best_epoch, "seconds": result.seconds, "params": count_parameters(model),
+                   "best_epoch": result.best_epoch, "seconds": result.seconds + float(before),
+                   "resumed_from": result.resumed_from, "params": count_parameters(model),
                    "device": result.device, "compute_dtype": result.precision,
                    "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
             if path is not None:
                 atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "row": row,
                              "history": history.to_dict("records")}, path)
+                shutil.rmtree(partial)
         row = {**row, "method": label, "student": student, "reused": reused}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")

@@ -72,6 +72,36 @@ def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monke
                             **TINY).runs["reused"].any()  # a code change never serves the old run
 
 
+def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, monkeypatch, capsys):
+    """A run stopped mid-way (Ctrl-C, a deadline) keeps its finished epochs in <key>.partial/; the same call
+    resumes there, trains the same student as an uninterrupted run, and leaves only the finished cache entry."""
+    from kdcore import train as train_mod
+
+    two = {**TINY, "epochs": 2}
+    whole = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "whole", **two)
+    real_epoch = train_mod.train_epoch
+
+    def stopped_in_epoch_2(*args, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args, epoch=epoch, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
+    runs = tmp_path / "cut" / "runs"
+    assert [p.suffix for p in runs.iterdir()] == [".partial"] and (next(runs.iterdir()) / "last.pt").exists()
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    capsys.readouterr()
+    resumed = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
+    assert "resumed from" in capsys.readouterr().out and resumed.runs["resumed_from"].tolist() == [1]
+    assert whole.runs["resumed_from"].isna().all()
+    for col in ("test_acc", "test_f1", "val_acc", "best_epoch"):
+        assert resumed.runs[col].tolist() == whole.runs[col].tolist()
+    assert resumed.runs["seconds"].iloc[0] >= resumed.histories[0]["seconds"].sum() * 0.99  # both sessions' epochs
+    assert [p.suffix for p in runs.iterdir()] == [".pt"]  # the partial folder is gone once the run is cached
+
+
 def test_code_version_hashes_the_package_sources():
     assert len(ex.code_version()) == 12 and ex.code_version() == ex.code_version()
     recipe = ex.code_version(ex.TEACHER_SOURCES["airbench"])
