@@ -96,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick checks)")
     t.add_argument("--teacher-cache", action="store_true", help="cache the teacher's logits per augmented view (exact)")
     t.add_argument("--teacher-cache-dir", default=None,
-                   help="keep that cache in this folder too (implies --teacher-cache): later runs with the same teacher, "
-                        "data and seed, in any process, skip the teacher's forward pass")
+                   help="keep that cache in this folder too (implies --teacher-cache): later runs with the same teacher "
+                        "and data split (--split-seed), in any process, skip the teacher for every view already seen")
     t.add_argument("--seed", type=int, default=0, help="seeds initialisation, batch order and augmentation")
+    t.add_argument("--split-seed", type=int, default=None,
+                   help="seeds the train/val split (default: --seed). The notebooks split with seed 0 for every run "
+                        "seed, so pass 0 to pair with their runs and share their teacher cache")
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (torch.use_deterministic_algorithms)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     t.add_argument("--out-dir", default=None, help="writes best.pt, last.pt, history.csv; a rerun resumes from last.pt")
@@ -165,7 +168,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.dataset.lower() == "synthetic":
         quarter = max(args.synthetic_size // 4, args.synthetic_classes)
         synthetic = dict(num_classes=args.synthetic_classes, train_size=args.synthetic_size, val_size=quarter, test_size=quarter)
-    data = load_dataset(args.dataset, args.data_root, val_fraction=args.val_fraction, seed=args.seed,
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    data = load_dataset(args.dataset, args.data_root, val_fraction=args.val_fraction, seed=split_seed,
                         image_size=args.image_size, channels=args.channels, train_limit=args.train_limit,
                         val_limit=args.val_limit, test_limit=args.test_limit, download=not args.no_download,
                         synthetic=synthetic)
@@ -189,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     last = result.history.iloc[-1] if len(result.history) else None
     summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher,
                "teacher_checkpoint": args.teacher_checkpoint, "method": args.method, "seed": args.seed,
+               "split_seed": split_seed,
                "terms": _terms(distiller), "teacher_cache": result.teacher_cache,
                "epochs_run": int(len(result.history)), "best_epoch": result.best_epoch,
                "best_val_acc": result.best_val_acc,

@@ -93,3 +93,21 @@ def test_summary_terms_say_what_each_term_was_given():
     dkd = _terms(make_distiller("dkd", student, teacher, alpha=0.9))
     assert dkd["ce"]["weight"] == 1.0 and dkd["dkd"] == {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
                                                          "warmup": 0}
+
+
+@pytest.mark.parametrize("extra, split_seed", [([], 3), (["--split-seed", "0"], 0)])
+def test_train_splits_by_seed_unless_split_seed_is_given(monkeypatch, capsys, extra, split_seed):
+    """--seed also picks the train/val split unless --split-seed says otherwise (0 is the notebooks' split,
+    whose teacher cache and paired runs a CLI run can then share); the summary records the split used."""
+    import json
+
+    from kdcore import data
+
+    seen = []
+    real = data.load_dataset
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **kw: seen.append(kw["seed"]) or real(*a, **kw))
+    argv = ["--dataset", "synthetic", "--synthetic-size", "64", "--student", "student_light", "--epochs", "1",
+            "--batch-size", "16", "--max-steps-per-epoch", "1", "--device", "cpu", "--seed", "3", *extra]
+    assert cli.main(argv) == 0
+    summary = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    assert seen == [split_seed] and summary["split_seed"] == split_seed and summary["seed"] == 3
