@@ -32,13 +32,15 @@ Changes for kdcore:
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataBundle, DeviceLoader, Split, apply_views
+from .data import DataBundle, DeviceLoader, Split, apply_views, atomic_save
 from .errors import ConfigError, unknown_name
 
 # airbench94's hyper-parameters (hyp in airbench94.py), in its decoupled form
@@ -219,6 +221,17 @@ def _channels_last(model: nn.Module, data: DataBundle, device: torch.device) -> 
     return choose_channels_last(model, sample, device, train=True)
 
 
+def _load_state(checkpoint: Path | None, recipe: dict) -> dict | None:
+    """The state saved after an epoch of this same recipe, or None to start fresh; another recipe's is refused."""
+    if checkpoint is None or not checkpoint.exists():
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state.get("recipe") != recipe:
+        raise ConfigError(f"{checkpoint} holds another airbench run ({state.get('recipe')}, this one: {recipe}); "
+                          "delete it to start afresh, or pass another checkpoint path.")
+    return state
+
+
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -226,8 +239,14 @@ def _now(device: torch.device) -> float:
 
 
 def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_size: int = BATCH_SIZE,
-          seed: int = 0, device: str = "auto", precision: str = "auto", progress: bool = True) -> dict:
+          seed: int = 0, device: str = "auto", precision: str = "auto", progress: bool = True,
+          checkpoint: str | os.PathLike | None = None) -> dict:
     """Train `model` in place with airbench94's recipe; validate every epoch; test once at the end.
+
+    With `checkpoint`, the state after each epoch is saved there (atomically), and a call that finds it resumes
+    after its epoch: on a slow CPU a teacher can outlive a session (EuroSAT at 64 px: about 15 min an epoch on 2
+    fp32 cores). Batches are seeded by (seed, epoch), so a resumed run is the uninterrupted one. The caller removes
+    the file once the teacher is saved.
 
     Returns a dict:
       history       one dict per epoch: epoch, steps, lr (torch's, for the convs), train_loss (smoothed
@@ -236,7 +255,7 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
       seconds       wall time of the whole call (whitening, training and every evaluation)
       train_seconds whitening + training steps only (the time airbench reports, before its TTA pass)
       device, precision ("fp32" | "bf16"), amx (whether this CPU has AMX tiles), channels_last, threads,
-      epochs, steps, batch_size, seed
+      epochs, steps, batch_size, seed, resumed_from (the epoch it resumed after, or None)
     `epochs` may be fractional (airbench: 9.9); batches are seeded by (seed, epoch).
     """
     if epochs <= 0:
@@ -244,11 +263,18 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     if not 1 <= batch_size <= len(data.train):
         raise ConfigError(f"batch_size must be between 1 and the {len(data.train)} training images, got {batch_size}.")
     device, precision, amx = _resolve(device, precision)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    recipe = dict(epochs=epochs, batch_size=batch_size, seed=seed, precision=precision, train_size=len(data.train))
+    state = _load_state(checkpoint, recipe)
     bf16 = precision == "bf16"
     start = _now(device)
     model.to(device)
-    init_from_data(model, data)
-    channels_last = _channels_last(model, data, device)
+    if state is None:
+        init_from_data(model, data)
+        channels_last = _channels_last(model, data, device)
+    else:  # the whitening comes with the weights, and the run keeps the layout it started with
+        model.load_state_dict(state["model"])
+        channels_last = state["channels_last"]
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -259,8 +285,15 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     optimizer = _optimizer(model, batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps))
     lookahead = Lookahead(model)
-    history, step, train_seconds = [], 0, _now(device) - start
-    for epoch in range(math.ceil(epochs)):
+    history, step, train_seconds, first_epoch = [], 0, _now(device) - start, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        lookahead.slow = {k: v.to(device) for k, v in state["lookahead"].items()}
+        history, step, train_seconds, first_epoch = state["history"], state["step"], state["train_seconds"], len(state["history"])
+        if progress:
+            print(f"resumed from {checkpoint} after epoch {first_epoch}", flush=True)
+    for epoch in range(first_epoch, math.ceil(epochs)):
         t0 = _now(device)
         model.train()
         model.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
@@ -291,6 +324,10 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
         history.append(dict(epoch=epoch + 1, steps=step, lr=optimizer.param_groups[1]["lr"],
                             train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
                             val_acc=val_acc, seconds=train_seconds))
+        if checkpoint is not None and step < total_steps:
+            atomic_save(dict(recipe=recipe, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             schedule=schedule.state_dict(), lookahead=lookahead.slow, history=history, step=step,
+                             train_seconds=train_seconds, channels_last=channels_last), checkpoint)
         if progress:
             h = history[-1]
             print(f"epoch {h['epoch']:2d}/{math.ceil(epochs)}  step {step}/{total_steps}  loss {h['train_loss']:.4f}  "
@@ -304,7 +341,8 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
                   test_acc_tta=test["acc_tta"], seconds=_now(device) - start, train_seconds=train_seconds,
                   device=str(device), precision=precision, amx=amx, channels_last=channels_last,
                   threads=torch.get_num_threads(),
-                  epochs=epochs, steps=step, batch_size=batch_size, seed=seed)
+                  epochs=epochs, steps=step, batch_size=batch_size, seed=seed,
+                  resumed_from=first_epoch if state is not None else None)
     if progress:
         print(f"val acc {val['acc']:.4f} (TTA {val['acc_tta']:.4f})  test acc {test['acc']:.4f} "
               f"(TTA {test['acc_tta']:.4f})  train {train_seconds:.1f} s, total {result['seconds']:.1f} s "

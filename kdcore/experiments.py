@@ -197,6 +197,7 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
     key = teacher_key(data, name, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, model_kwargs=model_kwargs,
                       pretrained=pretrained, train=train)
     path = Path(checkpoint_dir) / "teachers" / f"{key}.pt"
+    partial = path.with_name(f"{key}.partial.pt")  # airbench's state after each epoch, until the teacher is saved
     model_kwargs = dict(model_kwargs or {})
     if path.exists():
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -214,9 +215,10 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
         if name == "airbench":
             batch = min(airbench.BATCH_SIZE, len(data.train))  # the recipe's batch, unless the split is smaller
             run = airbench.train(model, data, epochs=epochs, batch_size=batch, seed=seed, device=device,
-                                 precision=train.get("precision", "auto"), progress=True)  # one line per epoch
+                                 precision=train.get("precision", "auto"), progress=True,  # one line per epoch
+                                 checkpoint=partial)  # an interrupted teacher resumes after its last epoch
             history, seconds, tta = pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"]
-            trained_with = {k: run[k] for k in ("device", "precision", "channels_last", "threads")}
+            trained_with = {k: run[k] for k in ("device", "precision", "channels_last", "threads", "resumed_from")}
         else:
             result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                          progress=progress, **train)
@@ -230,6 +232,7 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
         atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history.to_dict("records"),
                      "seconds": seconds, "test_logits": logits, "test_labels": labels, "test_acc_tta": tta, "key": key,
                      "name": name, "model_kwargs": model_kwargs, "trained_with": trained_with}, path)
+        partial.unlink(missing_ok=True)
     model.eval()
     ev = classification_metrics(labels, logits.argmax(1), data.classes)
     ev["logits"], ev["labels"] = logits, labels

@@ -91,7 +91,7 @@ def test_train_one_short_epoch_returns_the_documented_keys(data):
     result = airbench.train(model, data, epochs=1, batch_size=32, seed=0, device="cpu", progress=False)
     assert set(result) == {"history", "val_acc", "val_acc_tta", "test_acc", "test_acc_tta", "seconds",
                            "train_seconds", "device", "precision", "amx", "channels_last", "threads", "epochs", "steps",
-                           "batch_size", "seed"}
+                           "batch_size", "seed", "resumed_from"}
     assert result["steps"] == 8 and len(result["history"]) == 1
     assert set(result["history"][0]) == {"epoch", "steps", "lr", "train_loss", "train_acc", "val_acc", "seconds"}
     assert all(0 <= result[k] <= 1 for k in ("val_acc", "val_acc_tta", "test_acc", "test_acc_tta"))
@@ -114,6 +114,42 @@ def test_bf16_on_request_and_bad_arguments(data):
         airbench.train(model, data, epochs=1, batch_size=1024, progress=False)
 
 
+def test_an_interrupted_run_resumes_after_its_last_epoch_as_if_uninterrupted(data, tmp_path, monkeypatch):
+    kw = dict(epochs=2.5, batch_size=32, seed=0, device="cpu", precision="fp32", progress=False)
+    torch.manual_seed(0)
+    whole = create_model("airbench", widths=SMALL)
+    expected = airbench.train(whole, data, **kw)
+    assert expected["resumed_from"] is None
+
+    ckpt = tmp_path / "teacher.partial.pt"
+    evaluate, calls = airbench.evaluate, []
+
+    def killed_in_epoch_2(*args, **kwargs):  # epoch 2's validation: after epoch 1's state was saved
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    torch.manual_seed(0)
+    with monkeypatch.context() as m:
+        m.setattr(airbench, "evaluate", killed_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            airbench.train(create_model("airbench", widths=SMALL), data, **kw, checkpoint=ckpt)
+    saved = ckpt.read_bytes()
+    with pytest.raises(kdcore.ConfigError, match="another airbench run"):  # another recipe: refused, left as it was
+        airbench.train(create_model("airbench", widths=SMALL), data, **{**kw, "seed": 1}, checkpoint=ckpt)
+    assert ckpt.read_bytes() == saved
+
+    torch.manual_seed(1)  # other initial weights: the resumed run must take its weights from the checkpoint
+    resumed_model = create_model("airbench", widths=SMALL)
+    resumed = airbench.train(resumed_model, data, **kw, checkpoint=ckpt)
+    assert resumed["resumed_from"] == 1 and resumed["steps"] == expected["steps"] == 20
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in expected["history"]]
+    assert resumed["test_acc"] == expected["test_acc"] and resumed["channels_last"] == expected["channels_last"]
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], value, atol=0, rtol=0, msg=name)
+
+
 def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_path):
     from kdcore import experiments as ex
 
@@ -121,6 +157,8 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
     kw = dict(model_kwargs=dict(widths=SMALL), epochs=1, checkpoint_dir=tmp_path, device="cpu")
     first = ex.get_teacher(data, "airbench", **kw)
     assert first.trained and ex.TEACHER_TRAININGS == before + 1
+    assert [p.name for p in (tmp_path / "teachers").iterdir()] == [first.path.name]  # its per-epoch state removed
+    assert first.trained_with["resumed_from"] is None
     assert set(first.history.columns) >= {"epoch", "steps", "train_loss", "val_acc"}  # airbench.train's history
     assert 0 <= first.test_acc_tta <= 1
     second = ex.get_teacher(data, "airbench", **kw)
