@@ -281,13 +281,17 @@ class Distiller(nn.Module):
             return logits, dict(self.teacher_hooks.features)
 
     def forward_train(self, images: torch.Tensor, targets: torch.Tensor, epoch: int = 0,
-                      teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(student logits, {term name: weighted loss}). `teacher_logits` may come from a cache."""
+                      teacher_logits: torch.Tensor | None = None,
+                      teacher_features: dict[str, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(student logits, {term name: weighted loss}). `teacher_logits` may come from a cache; with
+        `teacher_features` too (a teacher forward shared by several students), the teacher does not run here."""
         with self.student_hooks:
             logits = self.student(images)
             student_features = dict(self.student_hooks.features)
-        teacher_features = {}
-        if self.needs_teacher and (teacher_logits is None or self.needs_teacher_features):
+        shared = teacher_logits is not None and teacher_features is not None
+        teacher_features = teacher_features if shared else {}
+        if self.needs_teacher and not shared and (teacher_logits is None or self.needs_teacher_features):
             teacher_logits, teacher_features = self.teacher_forward(images)
         step = StepInputs(logits, targets, teacher_logits, student_features, teacher_features, epoch)
         if not self.built:
