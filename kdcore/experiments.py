@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import functools
 import datetime as _dt
 import hashlib
 import inspect
@@ -30,7 +29,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -40,9 +38,11 @@ from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
 from .distill import make_distiller
-from .errors import PretrainedUnavailableError, unknown_name
+from .errors import ConfigError, PretrainedUnavailableError, unknown_name
 from .evaluate import classification_metrics, evaluate, latency_ms, size_mb
 from .models import count_parameters, create_model
+from .store import config_hash as _hash, jsonable as _jsonable
+from .store import STUDENT_WEIGHTS_MB, TEACHER_WEIGHTS_MB, RunStore, small_weights, store_key, weights_hash
 from .train import TrainConfig, cpu_features, fit, resolve_device, seed_everything
 
 REPO_ROOT = _profiles.REPO_ROOT  # relative paths in parameters are taken from here, wherever the kernel runs
@@ -52,46 +52,6 @@ TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "pad", "augment", "weig
 
 
 # --------------------------------------------------------------------------- small helpers
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, pd.DataFrame):
-        return _jsonable(obj.to_dict(orient="records"))
-    return obj
-
-
-def _hash(obj) -> str:
-    return hashlib.sha1(json.dumps(_jsonable(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-_PRESENTATION = ("report", "cli", "__main__", "plots", "gradcam")
-# airbench.train is its own recipe: these sources alone shape an airbench teacher (kdcore.train only picks its device,
-# precision and memory format, which the run records), so edits elsewhere keep the hour-long CPU teacher valid
-TEACHER_SOURCES = {"airbench": ("airbench", "data", "models")}
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(modules: tuple[str, ...] | None = None) -> str:
-    """Hash of the kdcore sources that shape a trained model: part of every cache key, so a code change never
-    reuses a stale run. The presentation modules (report, CLI, plots, Grad-CAM) are left out; with `modules`,
-    only those (module names) count."""
-    h = hashlib.sha1()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        if path.stem in modules if modules else path.stem not in _PRESENTATION:
-            h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def data_fingerprint(data: DataBundle) -> str:
     """Identifies a dataset split by content (labels + a sample of pixels), independent of how it was loaded."""
     h = hashlib.sha1()
@@ -174,73 +134,86 @@ class TeacherResult:
 
 def teacher_key(data: DataBundle, name: str, *, epochs: int, lr: float, batch_size: int, seed: int = 0,
                 model_kwargs: dict | None = None, pretrained: bool = False, train: dict | None = None) -> str:
-    cfg = dict(code=code_version(TEACHER_SOURCES.get(name)), data=data_fingerprint(data), model=name,
-               kwargs=model_kwargs or {}, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-               pretrained=bool(pretrained),
+    """The teacher's store key: what it is trained on and how (store.RECIPE_VERSION stands for the code)."""
+    cfg = dict(data=data_fingerprint(data), model=name, kwargs=model_kwargs or {}, epochs=epochs, lr=lr,
+               batch_size=batch_size, seed=seed, pretrained=bool(pretrained),
                train={k: v for k, v in (train or {}).items() if k not in ("progress", "device", "teacher_cache")})
-    return f"{data.name}-{name}-{_hash(cfg)}"
+    return store_key(f"{data.name}-{name}", cfg)
+
+
+def _train_teacher(model: nn.Module, data: DataBundle, name: str, partial: Path, *, epochs, lr, batch_size, seed,
+                   device, progress, train: dict) -> tuple[pd.DataFrame, float, float | None, dict]:
+    """(history, seconds, TTA test accuracy or None, how it trained). `airbench` trains with its own recipe
+    (its lr and batch size are the recipe's; an interrupted run resumes from `partial`), other teachers with fit."""
+    if name == "airbench":
+        batch = min(airbench.BATCH_SIZE, len(data.train))  # the recipe's batch, unless the split is smaller
+        run = airbench.train(model, data, epochs=epochs, batch_size=batch, seed=seed, device=device,
+                             precision=train.get("precision", "auto"), progress=True,  # one line per epoch
+                             checkpoint=partial)
+        trained_with = {k: run[k] for k in ("device", "precision", "channels_last", "threads", "resumed_from")}
+        return pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"], trained_with
+    result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                 progress=progress, **train)
+    trained_with = {"device": result.device, "precision": result.precision,
+                    "channels_last": result.channels_last.get("student", False), "threads": torch.get_num_threads()}
+    return result.history, result.seconds, None, trained_with
 
 
 def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10, lr: float = 0.05,
                 batch_size: int = 128, seed: int = 0, model_kwargs: dict | None = None, pretrained: bool = False,
-                checkpoint_dir: str | os.PathLike = "checkpoints", device: str = "auto", progress: bool = False,
-                **train) -> TeacherResult:
-    """Train the teacher once and cache it under <checkpoint_dir>/teachers/<key>.pt; later calls load it.
+                checkpoint_dir: str | os.PathLike = "checkpoints", store_dir: str | os.PathLike | None = None,
+                device: str = "auto", progress: bool = False, **train) -> TeacherResult:
+    """Train the teacher once and keep it in the run store (<store_dir>, default <checkpoint_dir>/store); later
+    calls, in any notebook or on a fresh clone of a committed store, load it.
 
-    The key hashes everything that changes the teacher (data content, model + kwargs, epochs, lr, batch size,
-    seed, pretrained, other training settings), so a notebook run alone trains it and the others reuse it.
-    `airbench` trains with its own recipe (kdcore.airbench.train: `epochs` may be 9.9, its lr and batch size are
-    the recipe's) and also records its TTA test accuracy; every other teacher trains with fit().
+    The key (teacher_key) covers the data content, model + kwargs, epochs, lr, batch size, seed, pretrained and
+    the other training settings. Weights over store.TEACHER_WEIGHTS_MB are kept beside the store in
+    <checkpoint_dir>/teachers/ instead, so only small teachers enter git.
     """
     global TEACHER_TRAININGS
     train = train_overrides(**train)
     key = teacher_key(data, name, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, model_kwargs=model_kwargs,
                       pretrained=pretrained, train=train)
-    path = Path(checkpoint_dir) / "teachers" / f"{key}.pt"
-    partial = path.with_name(f"{key}.partial.pt")  # airbench's state after each epoch, until the teacher is saved
+    store = RunStore(store_dir or Path(checkpoint_dir) / "store")
+    local = Path(checkpoint_dir) / "teachers" / f"{key}.pt"  # large weights, and the per-epoch state until done
     model_kwargs = dict(model_kwargs or {})
-    if path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    entry = store.load("teachers", key)
+    if entry is not None and ("model" in entry[1] or local.exists()):
+        record, tensors = entry
         model = create_model(name, data.num_classes, data.in_channels, **model_kwargs)
-        model.load_state_dict(ckpt["model"])
-        trained, history, seconds = False, pd.DataFrame(ckpt["history"]), ckpt["seconds"]
-        logits, labels, tta = ckpt["test_logits"], ckpt["test_labels"], ckpt.get("test_acc_tta")
-        trained_with = ckpt.get("trained_with", {})
-        print(f"teacher {name}: loaded {path} (trained earlier in {seconds:.0f}s)")
+        weights = tensors["model"] if "model" in tensors else torch.load(local, map_location="cpu", weights_only=True)
+        model.load_state_dict(weights)
+        trained, history, seconds, tta = False, pd.DataFrame(record["history"]), record["seconds"], record["test_acc_tta"]
+        logits, labels, trained_with = tensors["test_logits"], tensors["test_labels"], record["trained_with"]
+        print(f"teacher {name}: loaded {store.path('teachers', key)} (trained in {seconds:.0f}s at {record['commit']})")
     else:
         seed_everything(seed)
         model = create_model(name, data.num_classes, data.in_channels, pretrained=bool(pretrained), **model_kwargs)
-        print(f"teacher {name}: training {epochs} epochs (no cached {path.name})")
-        tta = None
-        if name == "airbench":
-            batch = min(airbench.BATCH_SIZE, len(data.train))  # the recipe's batch, unless the split is smaller
-            run = airbench.train(model, data, epochs=epochs, batch_size=batch, seed=seed, device=device,
-                                 precision=train.get("precision", "auto"), progress=True,  # one line per epoch
-                                 checkpoint=partial)  # an interrupted teacher resumes after its last epoch
-            history, seconds, tta = pd.DataFrame(run["history"]), run["train_seconds"], run["test_acc_tta"]
-            trained_with = {k: run[k] for k in ("device", "precision", "channels_last", "threads", "resumed_from")}
-        else:
-            result = fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                         progress=progress, **train)
-            history, seconds = result.history, result.seconds
-            trained_with = {"device": result.device, "precision": result.precision,
-                            "channels_last": result.channels_last.get("student", False),
-                            "threads": torch.get_num_threads()}
+        print(f"teacher {name}: training {epochs} epochs (not in the store: {key})")
+        partial = local.with_name(f"{key}.partial.pt")
+        history, seconds, tta, trained_with = _train_teacher(
+            model, data, name, partial, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+            progress=progress, train=train)
         TEACHER_TRAININGS += 1
         ev = evaluate(model, data, "test", device=device)
         logits, labels, trained = ev["logits"], ev["labels"], True
-        atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history.to_dict("records"),
-                     "seconds": seconds, "test_logits": logits, "test_labels": labels, "test_acc_tta": tta, "key": key,
-                     "name": name, "model_kwargs": model_kwargs, "trained_with": trained_with}, path)
+        weights = small_weights(model, TEACHER_WEIGHTS_MB)
+        if weights is None:
+            atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, local)
+        record = {"name": name, "model_kwargs": model_kwargs, "history": history.to_dict("records"), "seconds": seconds,
+                  "test_acc": ev["accuracy"], "test_acc_tta": tta, "weights": weights_hash(model),
+                  "weights_in_store": weights is not None, "trained_with": trained_with, **provenance(data)}
+        store.save("teachers", key, record, {"test_logits": logits, "test_labels": labels,
+                                             **({"model": weights} if weights is not None else {})})
         partial.unlink(missing_ok=True)
     model.eval()
     ev = classification_metrics(labels, logits.argmax(1), data.classes)
     ev["logits"], ev["labels"] = logits, labels
-    model.kd_teacher_key = key
+    model.kd_teacher_key, model.kd_teacher_hash = key, weights_hash(model)
     with_tta = f" (with TTA {tta:.4f}; KD uses the plain logits)" if tta is not None else ""
     print(f"teacher {name}: test accuracy {ev['accuracy']:.4f}{with_tta}, macro-F1 {ev['f1_macro']:.4f}")
-    return TeacherResult(model, name, key, path, trained, ev["accuracy"], ev["f1_macro"], history, seconds, ev,
-                         bool(pretrained), tta, trained_with)
+    return TeacherResult(model, name, key, store.path("teachers", key), trained, ev["accuracy"], ev["f1_macro"],
+                         history, seconds, ev, bool(pretrained), tta, trained_with)
 
 
 # --------------------------------------------------------------------------- multi-seed runs
@@ -254,20 +227,61 @@ class SeedRuns:
     efficiency: dict = field(default_factory=dict)
 
 
+def run_key(method: str, data: DataBundle, *, student: str, student_kwargs: dict, pretrained: bool, distill: dict,
+            teacher: nn.Module | None, epochs, lr, batch_size, seed: int, train: dict, label: str) -> str:
+    """A run's store key: data, student, method and its options, the teacher's weights, schedule and seed."""
+    uses_teacher = teacher is not None
+    cfg = dict(data=data_fingerprint(data), method=method, student=student, kwargs=student_kwargs,
+               pretrained=bool(pretrained), distill=distill if uses_teacher else {},
+               teacher=(getattr(teacher, "kd_teacher_hash", None) or weights_hash(teacher)) if uses_teacher else "none",
+               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+               train={k: v for k, v in train.items() if k not in ("progress", "device")
+                      and (uses_teacher or k != "teacher_cache")})  # no teacher: its cache is moot
+    return store_key(f"{data.name}-{student}-{label}", cfg)
+
+
+def _stored_run(entry: tuple[dict, dict], model: nn.Module, data: DataBundle, device: str, evaluate_it: bool):
+    """(row, history, test evaluation or None) of a stored run; `model` gets its weights when the store has them."""
+    record, tensors = entry
+    if "model" in tensors:
+        model.load_state_dict(tensors["model"])
+        ev = evaluate(model, data, "test", device=device) if evaluate_it else None
+    else:  # a student too large for git: its predictions were kept instead (the model stays as built)
+        labels, logits = tensors["test_labels"], tensors["test_logits"].float()
+        ev = {**classification_metrics(labels, logits.argmax(1), data.classes), "logits": logits, "labels": labels}
+    return record["row"], pd.DataFrame(record["history"]), ev
+
+
+def _store_run(store: RunStore, key: str, model: nn.Module, row: dict, history: pd.DataFrame, ev: dict,
+               data: DataBundle, cfg: dict) -> None:
+    weights = small_weights(model, STUDENT_WEIGHTS_MB)
+    tensors = ({"model": weights} if weights is not None else
+               {"test_logits": ev["logits"].half(), "test_labels": ev["labels"]})
+    store.save("runs", key, {"row": row, "history": history.to_dict("records"), "config": cfg, **provenance(data)},
+               tensors)
+
+
+def _require_training(what: str, key: str) -> None:
+    """With KDCORE_STORE_ONLY=1 (kdcore report --from-store) a missing entry is an error, never a silent training."""
+    if os.environ.get("KDCORE_STORE_ONLY") == "1":
+        raise ConfigError(f"{what} is not in the run store ({key}) and --from-store forbids training it; run the "
+                          f"report without --from-store to train it, or check that the store was committed.")
+
+
 def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds=(0,), teacher: nn.Module | None = None,
               label: str | None = None, student_kwargs: dict | None = None, pretrained: bool = False,
               distill: dict | None = None, epochs: int = 5, lr: float = 0.05, batch_size: int = 128,
               device: str = "auto", progress: bool = False, checkpoint_dir: str | os.PathLike | None = None,
-              cache: bool = True, **train) -> SeedRuns:
+              store_dir: str | os.PathLike | None = None, cache: bool = True, **train) -> SeedRuns:
     """Train `method` once per seed (seed_everything(seed) before building the student), select on validation
     (fit does), evaluate on test once at the end. Returns one row per seed plus the histories.
 
     `method` is a name such as "kd+at", or a Term built in a notebook (a fresh copy is used for every seed).
-    With `checkpoint_dir` and `cache`, a finished run is cached under <checkpoint_dir>/runs/<key>.pt and reused
-    by an identical later call; the key covers the kdcore sources, data, models, settings and seed. Until it
-    finishes, its epochs are checkpointed in <key>.partial/, so an interrupted run (Ctrl-C, a killed kernel, a
-    deadline) resumes from its last epoch when the same call runs again. Runs with a
-    teacher from outside get_teacher, or a Term defined outside kdcore, are never cached (their code is unknown).
+    With `checkpoint_dir` and `cache`, a finished run goes into the run store (<store_dir>, default
+    <checkpoint_dir>/store; see kdcore.store) and an identical later call reuses it. Until it finishes, its
+    epochs are checkpointed in <checkpoint_dir>/runs/<key>.partial/, so an interrupted run (Ctrl-C, a killed
+    kernel, a deadline) resumes from its last epoch when the same call runs again. Runs of a Term defined
+    outside kdcore are never stored (their code is unknown to the key).
     With `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are also kept under
     <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher as well.
     """
@@ -279,35 +293,31 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
     uses_teacher = custom or method.strip().lower() != "baseline"
     if not uses_teacher:
         teacher = None
-    t_key = getattr(teacher, "kd_teacher_key", None) if teacher is not None else "none"
-    cacheable = cache and checkpoint_dir is not None and t_key is not None and not custom
+    storable = cache and checkpoint_dir is not None and not custom
+    store = RunStore(store_dir or Path(checkpoint_dir) / "store") if storable else None
     rows, histories, first_model, first_eval = [], {}, None, None
     for seed in seeds:
-        key_cfg = dict(code=code_version(), data=data_fingerprint(data), method=method, student=student, kwargs=student_kwargs,
-                       pretrained=bool(pretrained), distill=distill if uses_teacher else {}, teacher=t_key,
-                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                       train={k: v for k, v in train.items() if k not in ("progress", "device")
-                              and (uses_teacher or k != "teacher_cache")})  # no teacher: its cache is moot
-        path = (Path(checkpoint_dir) / "runs" / f"{student}-{label.replace(':', '_').replace(' ', '_')}-{_hash(key_cfg)}.pt"
-                if cacheable else None)
+        key = run_key(method, data, student=student, student_kwargs=student_kwargs, pretrained=pretrained,
+                      distill=distill, teacher=teacher, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      train=train, label=label) if storable else None
         seed_everything(seed)
         model = create_model(student, data.num_classes, data.in_channels, pretrained=bool(pretrained), **student_kwargs)
-        reused = path is not None and path.exists()
+        entry = store.load("runs", key) if store is not None else None
+        reused = entry is not None
         if reused:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            model.load_state_dict(ckpt["model"])
-            row, history = ckpt["row"], pd.DataFrame(ckpt["history"])
-            print(f"{label} seed {seed}: reused {path.name}")
-            ev = evaluate(model, data, "test", device=device) if first_eval is None else None
+            row, history, ev = _stored_run(entry, model, data, device, evaluate_it=first_eval is None)
+            print(f"{label} seed {seed}: from the store ({key})")
         else:
+            if key is not None:
+                _require_training(f"{label} seed {seed}", key)
             kd = (make_distiller(copy.deepcopy(method) if custom else method, model, teacher, **distill)
                   if uses_teacher else model)
             on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
                        if train.get("teacher_cache") and checkpoint_dir is not None else {})  # for other notebooks
-            partial = path.with_suffix(".partial") if path is not None else None  # an interrupted run resumes here
+            partial = Path(checkpoint_dir) / "runs" / f"{key}.partial" if key is not None else None  # resumes here
             result = fit(kd, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                          progress=progress, out_dir=partial, **train, **on_disk)
-            before = result.history["seconds"].iloc[:result.resumed_from or 0].sum()  # epochs of earlier sessions
+            before = result.history["seconds"].iloc[:result.resumed_from or 0].sum()  # epochs of earlier processes
             ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
             history = result.history
             row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
@@ -316,10 +326,12 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
                    "resumed_from": result.resumed_from, "params": count_parameters(model),
                    "device": result.device, "compute_dtype": result.precision,
                    "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
-            if path is not None:
-                atomic_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "row": row,
-                             "history": history.to_dict("records")}, path)
-                shutil.rmtree(partial)
+            if store is not None:
+                _store_run(store, key, model, row, history, ev, data,
+                           {"method": method, "label": label, "student": student, "student_kwargs": student_kwargs,
+                            "distill": distill, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                            "train": train, "teacher": getattr(teacher, "kd_teacher_key", None)})
+                shutil.rmtree(partial, ignore_errors=True)
         row = {**row, "method": label, "student": student, "reused": reused}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")
@@ -395,6 +407,15 @@ def run_info(params: dict | None = None, data: DataBundle | None = None, noteboo
     return info
 
 
+def provenance(data: DataBundle | None = None) -> dict:
+    """Where and how a store entry was made: commit, time, device, CPU, torch, and the data it saw."""
+    info = {k: v for k, v in run_info().items() if k in ("timestamp", "device", "cpu", "commit", "torch")}
+    if data is not None:
+        info["data"] = {"name": data.name, "source": data.source, "fingerprint": data_fingerprint(data),
+                        "splits": [len(data.train), len(data.val), len(data.test)], "image_size": list(data.image_size)}
+    return info
+
+
 def write_results(profile: str, notebook: str, payload: dict, results_dir: str | os.PathLike = "results") -> Path:
     """Write results/<profile>/<notebook>.json atomically.
 
@@ -467,7 +488,8 @@ class Context:
         kw = {**(self.params.get("teacher_kwargs") or {}), **model_kwargs}
         train = self._train(epochs=self.params["teacher_epochs"], lr=self.params["teacher_lr"])
         self.teacher_result = get_teacher(self.data, name, model_kwargs=kw, pretrained=pretrained,
-                                          checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"), **train)
+                                          checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"),
+                                          store_dir=self.params.get("store_dir"), **train)
         return self.teacher_result
 
     def run(self, method, label: str | None = None, *, student: str | None = None, student_kwargs=None,
@@ -493,7 +515,7 @@ class Context:
         runs = run_seeds(method, self.data, student=student, seeds=seeds if seeds is not None else self.params["seeds"],
                          teacher=teacher, label=label, student_kwargs=kw, pretrained=pretrained,
                          distill=distill_and_train, checkpoint_dir=self.params.get("checkpoint_dir", "checkpoints"),
-                         cache=self.params.get("cache", True), **train)
+                         store_dir=self.params.get("store_dir"), cache=self.params.get("cache", True), **train)
         runs.efficiency = model_size(runs.model)
         self._architecture[label] = (f"{student} {_hash(kw)}", runs.model)
         self.results[label] = runs
@@ -680,12 +702,14 @@ def setup(notebook: str, namespace: dict | None = None, **overrides) -> Context:
                         train_limit=params.get("train_limit"), val_limit=params.get("val_limit"),
                         test_limit=params.get("test_limit"), synthetic=params.get("synthetic"))
     params.update(data_root=str(root) if root else None, results_dir=str(project_path(params["results_dir"])),
-                  checkpoint_dir=str(project_path(params["checkpoint_dir"])))
+                  checkpoint_dir=str(project_path(params["checkpoint_dir"])),
+                  store_dir=str(project_path(_profiles.store_for(profile) or Path(params["checkpoint_dir"]) / "store")))
     scaling = _profiles.scaling_for(profile, notebook)
     print(f"{notebook} · profile {profile} · commit {git_commit()} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"scaling ({profile}): {scaling}")
     print(f"data: {data.describe()}")
-    print(f"writes {Path(params['results_dir']) / profile / notebook}.json; checkpoints in {params['checkpoint_dir']}")
+    print(f"writes {Path(params['results_dir']) / profile / notebook}.json; run store {params['store_dir']}; "
+          f"checkpoints in {params['checkpoint_dir']}")
     print(f"parameters (explicit: papermill -p, --param or edited here; profile {profile}: profiles/{profile}.yaml):")
     print(lines)
     ctx = Context(notebook, params, data)

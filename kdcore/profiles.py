@@ -39,6 +39,12 @@ def scaling_for(profile: str, notebook: str) -> str:
 SCALING = {name: " ".join(p["scaling"].values()) for name, p in PROFILES.items()}  # the whole profile, one text
 
 
+def store_for(profile: str) -> str | None:
+    """The run store a profile commits (its top-level `store:` path, relative to the repository), or None: then
+    runs are kept under <checkpoint_dir>/store, outside git."""
+    return PROFILES[check_profile(profile)].get("store")
+
+
 def default_profile(verbose: bool = True) -> str:
     """gpu when CUDA is available, else cpu; says which and why."""
     name = "gpu" if torch.cuda.is_available() else "cpu"

@@ -157,7 +157,9 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
     kw = dict(model_kwargs=dict(widths=SMALL), epochs=1, checkpoint_dir=tmp_path, device="cpu")
     first = ex.get_teacher(data, "airbench", **kw)
     assert first.trained and ex.TEACHER_TRAININGS == before + 1
-    assert [p.name for p in (tmp_path / "teachers").iterdir()] == [first.path.name]  # its per-epoch state removed
+    assert not list((tmp_path / "teachers").glob("*"))  # its per-epoch state removed once it is stored
+    assert sorted(p.name for p in (tmp_path / "store" / "teachers").iterdir()) == [first.path.name,
+                                                                                   first.path.with_suffix(".json").name]
     assert first.trained_with["resumed_from"] is None
     assert set(first.history.columns) >= {"epoch", "steps", "train_loss", "val_acc"}  # airbench.train's history
     assert 0 <= first.test_acc_tta <= 1

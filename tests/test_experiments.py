@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdcore import experiments as ex
-from kdcore import load_dataset, profiles
+from kdcore import load_dataset, profiles, store
 
 TINY = dict(epochs=1, lr=0.05, batch_size=64, device="cpu")
 
@@ -58,7 +58,7 @@ def test_run_seeds_and_write_results(data, tmp_path):
     assert not list(tmp_path.glob("unit/.*tmp*"))  # atomic write leaves no temp file
 
 
-def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monkeypatch):
+def test_run_store_key_covers_the_recipe_and_can_be_bypassed(data, tmp_path, monkeypatch):
     first = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
     assert not first.runs["reused"].any()
     assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
@@ -67,9 +67,9 @@ def test_run_cache_key_covers_the_code_and_can_be_bypassed(data, tmp_path, monke
                             cache=False, **TINY).runs["reused"].any()
     assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, teacher_cache=True,
                         **TINY).runs["reused"].all()  # one baseline serves notebooks with and without a teacher cache
-    monkeypatch.setattr(ex, "code_version", lambda modules=None: "edited-sources")
+    monkeypatch.setattr(store, "RECIPE_VERSION", store.RECIPE_VERSION + 1)
     assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
-                            **TINY).runs["reused"].any()  # a code change never serves the old run
+                            **TINY).runs["reused"].any()  # a new recipe never serves the old run
 
 
 def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, monkeypatch, capsys):
@@ -99,23 +99,8 @@ def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, m
     for col in ("test_acc", "test_f1", "val_acc", "best_epoch"):
         assert resumed.runs[col].tolist() == whole.runs[col].tolist()
     assert resumed.runs["seconds"].iloc[0] >= resumed.histories[0]["seconds"].sum() * 0.99  # both sessions' epochs
-    assert [p.suffix for p in runs.iterdir()] == [".pt"]  # the partial folder is gone once the run is cached
-
-
-def test_code_version_hashes_the_package_sources():
-    assert len(ex.code_version()) == 12 and ex.code_version() == ex.code_version()
-    recipe = ex.code_version(ex.TEACHER_SOURCES["airbench"])
-    assert len(recipe) == 12 and recipe != ex.code_version()
-
-
-def test_an_airbench_teacher_key_hashes_only_its_recipe_sources(monkeypatch):
-    """airbench.train is its own recipe, so an edit to fit() or the losses keeps the hour-long CPU teacher;
-    a teacher trained by fit() still depends on every training source."""
-    data = load_dataset("synthetic", synthetic=dict(train_size=64, val_size=16, test_size=16, image_size=16))
-    seen = []
-    monkeypatch.setattr(ex, "code_version", lambda modules=None: seen.append(modules) or f"code-{modules}")
-    keys = [ex.teacher_key(data, name, epochs=1, lr=0.1, batch_size=8) for name in ("airbench", "tiny_resnet")]
-    assert seen == [("airbench", "data", "models"), None] and keys[0] != keys[1]
+    assert not list(runs.iterdir())  # the partial folder is gone once the run is stored
+    assert sorted(p.suffix for p in (tmp_path / "cut" / "store" / "runs").iterdir()) == [".json", ".pt"]
 
 
 def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_path):
@@ -148,7 +133,7 @@ def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_pat
 def test_profiles_cover_every_notebook():
     assert set(profiles.PROFILES) == {"smoke", "cpu", "full", "gpu"}
     for name, profile in profiles.PROFILES.items():
-        assert set(profile) - {"scaling", "common"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
+        assert set(profile) - {"scaling", "common", "store"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
         for nb in profiles.NOTEBOOKS:
             defaults, p = profiles.notebook_defaults(nb), profiles.params_for(name, nb)
             assert set(p) == set(defaults), f"{name}.yaml sets names {nb} has no parameter for"
