@@ -158,8 +158,8 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
     first = ex.get_teacher(data, "airbench", **kw)
     assert first.trained and ex.TEACHER_TRAININGS == before + 1
     assert not list((tmp_path / "teachers").glob("*"))  # its per-epoch state removed once it is stored
-    assert sorted(p.name for p in (tmp_path / "store" / "teachers").iterdir()) == [first.path.name,
-                                                                                   first.path.with_suffix(".json").name]
+    assert sorted(p.name for p in (tmp_path / "store" / "teachers").iterdir()) == [first.path.with_suffix(".json").name,
+                                                                                   first.path.name]
     assert first.trained_with["resumed_from"] is None
     assert set(first.history.columns) >= {"epoch", "steps", "train_loss", "val_acc"}  # airbench.train's history
     assert 0 <= first.test_acc_tta <= 1
