@@ -6,7 +6,7 @@ PROFILE ?=
 NOTEBOOKS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test report bench clean
+.PHONY: venv test report pages bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+pages: $(STAMP)  # re-render the published pages from the run store only (never trains)
+	$(PY) -m kdcore report --from-store $(if $(PROFILE),--profile $(PROFILE),) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
 
 report: $(STAMP)
 	$(PY) -m kdcore report $(if $(PROFILE),--profile $(PROFILE),) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from . import airbench
+from . import plan
 from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
@@ -41,6 +42,7 @@ from .distill import make_distiller
 from .errors import ConfigError, PretrainedUnavailableError, unknown_name
 from .evaluate import classification_metrics, evaluate, latency_ms, size_mb
 from .models import count_parameters, create_model
+from .plan import planning
 from .store import config_hash as _hash, jsonable as _jsonable
 from .store import STUDENT_WEIGHTS_MB, TEACHER_WEIGHTS_MB, RunStore, small_weights, store_key, weights_hash
 from .train import TrainConfig, cpu_features, fit, resolve_device, seed_everything
@@ -159,6 +161,34 @@ def _train_teacher(model: nn.Module, data: DataBundle, name: str, partial: Path,
     return result.history, result.seconds, None, trained_with
 
 
+def _probe_teacher(model: nn.Module, data: DataBundle, name: str, partial: Path, *, epochs, lr, batch_size, seed,
+                   device, progress, train: dict) -> tuple[pd.DataFrame, float, float | None, dict]:
+    """Plan mode: train a few steps and project the teacher's seconds (see kdcore.plan); returns what
+    _train_teacher does, with the projection as its seconds."""
+    if name != "airbench":
+        probe, result = plan.probe_fit(fit, model, data, f"teacher|{name}|{_hash([lr, batch_size, train])}",
+                                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, **train)
+        return result.history, plan.project(probe, epochs), None, {"device": result.device, "probe": True}
+    batch = min(airbench.BATCH_SIZE, len(data.train))
+    fraction = plan.PROBE_STEPS[1] * batch / len(data.train)
+    run = airbench.train(model, data, epochs=fraction, batch_size=batch, seed=seed, device=device,
+                         precision=train.get("precision", "auto"), progress=False)
+    seconds = run["train_seconds"] / fraction * epochs + (run["seconds"] - run["train_seconds"])
+    return pd.DataFrame(run["history"]), seconds, run["test_acc_tta"], {"device": run["device"], "probe": True}
+
+
+def _store_teacher(store: RunStore, key: str, model: nn.Module, local: Path, ev: dict, data: DataBundle,
+                   **record) -> None:
+    """Into the store, with its weights when they are small enough for git; larger weights stay in `local`."""
+    weights = small_weights(model, TEACHER_WEIGHTS_MB)
+    if weights is None:
+        atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, local)
+    record.update(history=record["history"].to_dict("records"), test_acc=ev["accuracy"], weights=weights_hash(model),
+                  weights_in_store=weights is not None, **provenance(data))
+    store.save("teachers", key, record, {"test_logits": ev["logits"], "test_labels": ev["labels"],
+                                         **({"model": weights} if weights is not None else {})})
+
+
 def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10, lr: float = 0.05,
                 batch_size: int = 128, seed: int = 0, model_kwargs: dict | None = None, pretrained: bool = False,
                 checkpoint_dir: str | os.PathLike = "checkpoints", store_dir: str | os.PathLike | None = None,
@@ -181,31 +211,31 @@ def get_teacher(data: DataBundle, name: str = "tiny_resnet", *, epochs: int = 10
     if entry is not None and ("model" in entry[1] or local.exists()):
         record, tensors = entry
         model = create_model(name, data.num_classes, data.in_channels, **model_kwargs)
-        weights = tensors["model"] if "model" in tensors else torch.load(local, map_location="cpu", weights_only=True)
-        model.load_state_dict(weights)
+        model.load_state_dict(tensors["model"] if "model" in tensors else
+                              torch.load(local, map_location="cpu", weights_only=True))
         trained, history, seconds, tta = False, pd.DataFrame(record["history"]), record["seconds"], record["test_acc_tta"]
         logits, labels, trained_with = tensors["test_logits"], tensors["test_labels"], record["trained_with"]
         print(f"teacher {name}: loaded {store.path('teachers', key)} (trained in {seconds:.0f}s at {record['commit']})")
     else:
+        _require_training(f"teacher {name}", key)
         seed_everything(seed)
         model = create_model(name, data.num_classes, data.in_channels, pretrained=bool(pretrained), **model_kwargs)
         print(f"teacher {name}: training {epochs} epochs (not in the store: {key})")
         partial = local.with_name(f"{key}.partial.pt")
-        history, seconds, tta, trained_with = _train_teacher(
-            model, data, name, partial, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-            progress=progress, train=train)
+        teach = _probe_teacher if planning() else _train_teacher  # kdcore report --plan: time it, store nothing
+        history, seconds, tta, trained_with = teach(model, data, name, partial, epochs=epochs, lr=lr,
+                                                    batch_size=batch_size, seed=seed, device=device,
+                                                    progress=progress, train=train)
         TEACHER_TRAININGS += 1
         ev = evaluate(model, data, "test", device=device)
         logits, labels, trained = ev["logits"], ev["labels"], True
-        weights = small_weights(model, TEACHER_WEIGHTS_MB)
-        if weights is None:
-            atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, local)
-        record = {"name": name, "model_kwargs": model_kwargs, "history": history.to_dict("records"), "seconds": seconds,
-                  "test_acc": ev["accuracy"], "test_acc_tta": tta, "weights": weights_hash(model),
-                  "weights_in_store": weights is not None, "trained_with": trained_with, **provenance(data)}
-        store.save("teachers", key, record, {"test_logits": logits, "test_labels": labels,
-                                             **({"model": weights} if weights is not None else {})})
-        partial.unlink(missing_ok=True)
+        if not planning():
+            _store_teacher(store, key, model, local, ev, data, name=name, model_kwargs=model_kwargs, history=history,
+                           seconds=seconds, test_acc_tta=tta, trained_with=trained_with)
+            partial.unlink(missing_ok=True)
+    if planning():
+        plan.record({"kind": "teacher", "label": name, "key": key, "stored": not trained,
+                     "seconds": seconds if trained else 0.0})
     model.eval()
     ev = classification_metrics(labels, logits.argmax(1), data.classes)
     ev["logits"], ev["labels"] = logits, labels
@@ -268,6 +298,31 @@ def _require_training(what: str, key: str) -> None:
                           f"report without --from-store to train it, or check that the store was committed.")
 
 
+def _result_row(result, ev: dict, model: nn.Module, label: str, seed: int) -> dict:
+    """A run's row: test metrics (once, after selection on val), its best epoch, time and how it trained."""
+    before = result.history["seconds"].iloc[:result.resumed_from or 0].sum()  # epochs of earlier processes
+    return {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
+            "precision": ev["precision_macro"], "recall": ev["recall_macro"], "val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch, "seconds": result.seconds + float(before),
+            "resumed_from": result.resumed_from, "params": count_parameters(model), "device": result.device,
+            "compute_dtype": result.precision,
+            "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
+
+
+def _probe_run(kd, data: DataBundle, fit_kw: dict, *, label: str, key: str | None, teacher: nn.Module | None,
+               probe_key: str):
+    """Plan mode: time this run's real step (plan.probe_fit), record its projection; the probe stands in for it."""
+    probe, result = plan.probe_fit(fit, kd, data, probe_key, **{**fit_kw, "teacher_cache": False})
+    forward = (plan.teacher_forward_seconds(teacher, data, fit_kw["batch_size"]) if teacher is not None else None)
+    steps = fit_kw["epochs"] * probe["steps_per_epoch"]
+    group = _hash({"teacher": weights_hash(teacher) if teacher is not None else None, "data": data_fingerprint(data),
+                   **{k: fit_kw.get(k) for k in ("seed", "batch_size", "epochs", "augment", "pad", "max_steps_per_epoch")}})
+    plan.record({"kind": "run", "label": label, "seed": fit_kw["seed"], "key": key, "stored": False,
+                 "seconds": plan.project(probe, fit_kw["epochs"]), "steps": steps, "teacher_forward_s": forward,
+                 "group": group, "step_s": probe["step"], "fixed_s": probe["fixed"]})
+    return result
+
+
 def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds=(0,), teacher: nn.Module | None = None,
               label: str | None = None, student_kwargs: dict | None = None, pretrained: bool = False,
               distill: dict | None = None, epochs: int = 5, lr: float = 0.05, batch_size: int = 128,
@@ -307,30 +362,30 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
         if reused:
             row, history, ev = _stored_run(entry, model, data, device, evaluate_it=first_eval is None)
             print(f"{label} seed {seed}: from the store ({key})")
+            if planning():
+                plan.record({"kind": "run", "label": label, "seed": seed, "key": key, "stored": True, "seconds": 0.0})
         else:
             if key is not None:
                 _require_training(f"{label} seed {seed}", key)
             kd = (make_distiller(copy.deepcopy(method) if custom else method, model, teacher, **distill)
                   if uses_teacher else model)
-            on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
-                       if train.get("teacher_cache") and checkpoint_dir is not None else {})  # for other notebooks
-            partial = Path(checkpoint_dir) / "runs" / f"{key}.partial" if key is not None else None  # resumes here
-            result = fit(kd, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                         progress=progress, out_dir=partial, **train, **on_disk)
-            before = result.history["seconds"].iloc[:result.resumed_from or 0].sum()  # epochs of earlier processes
+            fit_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, progress=progress,
+                          **train)
+            if planning():  # kdcore report --plan: time the step, train nothing, store nothing
+                result = _probe_run(kd, data, fit_kw, label=label, key=key, teacher=teacher if uses_teacher else None,
+                                    probe_key=f"{label}|{student}|{_hash([student_kwargs, distill, {**fit_kw, 'seed': None}])}")
+            else:
+                on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
+                           if train.get("teacher_cache") and checkpoint_dir is not None else {})  # other notebooks
+                partial = Path(checkpoint_dir) / "runs" / f"{key}.partial" if key is not None else None  # resumes here
+                result = fit(kd, data, out_dir=partial, **fit_kw, **on_disk)
             ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
-            history = result.history
-            row = {"method": label, "seed": seed, "test_acc": ev["accuracy"], "test_f1": ev["f1_macro"],
-                   "precision": ev["precision_macro"], "recall": ev["recall_macro"], "val_acc": result.best_val_acc,
-                   "best_epoch": result.best_epoch, "seconds": result.seconds + float(before),
-                   "resumed_from": result.resumed_from, "params": count_parameters(model),
-                   "device": result.device, "compute_dtype": result.precision,
-                   "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
-            if store is not None:
+            row, history = _result_row(result, ev, model, label, seed), result.history
+            if store is not None and not planning():
                 _store_run(store, key, model, row, history, ev, data,
                            {"method": method, "label": label, "student": student, "student_kwargs": student_kwargs,
-                            "distill": distill, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
-                            "train": train, "teacher": getattr(teacher, "kd_teacher_key", None)})
+                            "distill": distill, "train": train, "teacher": getattr(teacher, "kd_teacher_key", None),
+                            **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}})
                 shutil.rmtree(partial, ignore_errors=True)
         row = {**row, "method": label, "student": student, "reused": reused}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "

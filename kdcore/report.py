@@ -319,7 +319,16 @@ def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
         status.update(status="failed", error="papermill wrote no output notebook")
     if status["status"] == "ok" and not (out_dir / f"{nb}.json").exists():
         status.update(status="failed", error=f"the notebook wrote no {nb}.json")
+    if (out_dir / f"{nb}.json").exists():
+        runs = json.loads((out_dir / f"{nb}.json").read_text(encoding="utf-8")).get("runs", [])
+        status["from_store"] = sum(bool(r.get("reused")) for r in runs)
+        status["trained"] = len(runs) - status["from_store"]
     return status
+
+
+def _store_counts(statuses: list[dict]) -> str:
+    stored, trained = (sum(s.get(k, 0) for s in statuses) for k in ("from_store", "trained"))
+    return f"{stored} run{'s' * (stored != 1)} from the run store, {trained} trained"
 
 
 # --------------------------------------------------------------------------- publishing
@@ -573,8 +582,9 @@ def run(plan: Plan) -> int:
             mean = sum(x["seconds"] for x in statuses) / len(statuses)
             left = sum(previous.get(rest, mean) for rest in plan.notebooks[i:])
             eta = f", about {_clock(left)} left" if i < n else ""
-            print(f"[{i}/{n}] {nb}: {s['status']} in {_clock(s['seconds'])} ({_clock(time.perf_counter() - t0)} "
-                  f"elapsed{eta}){': ' + s['error'] if s['error'] else ''}", flush=True)
+            print(f"[{i}/{n}] {nb}: {s['status']} in {_clock(s['seconds'])}, {_store_counts([s])} "
+                  f"({_clock(time.perf_counter() - t0)} elapsed{eta}){': ' + s['error'] if s['error'] else ''}",
+                  flush=True)
         with sigint_ignored():
             publish(stage, published, statuses)
             index = write_index(published, plan.profile, statuses, time.perf_counter() - t0)
@@ -584,11 +594,63 @@ def run(plan: Plan) -> int:
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
     failed = [s["notebook"] for s in statuses if s["status"] != "ok"]
-    print(f"published {_shown(index)} ({_clock(time.perf_counter() - t0)})", flush=True)
+    print(f"published {_shown(index)} ({_clock(time.perf_counter() - t0)}; {_store_counts(statuses)})", flush=True)
     if failed:
         again = " ".join(nb.split("_")[0] for nb in failed)
         print(f"FAILED: {', '.join(failed)} (their last good pages were kept); after a fix, rerun just them with "
               f'make report PROFILE={plan.profile} NOTEBOOKS="{again}"', flush=True)
+    return 1 if failed else 0
+
+
+def published_notebooks(out: str | os.PathLike, profile: str | None) -> list[str] | None:
+    """The notebooks with a published results JSON under <out>/<profile>/ (None: no profile named, or none)."""
+    if profile is None:
+        return None
+    names = [nb for nb in _profiles.NOTEBOOKS if (Path(out) / profile / f"{nb}.json").exists()]
+    return names or None
+
+
+def run_plan(plan: Plan) -> int:
+    """`--plan`: execute the notebooks in plan mode (kdcore.plan: stored runs load, missing ones are probed, nothing
+    trains or is stored), then write <out>/<profile>/plan.json with every run and the projected totals."""
+    import torch
+
+    from . import plan as cost
+    from .experiments import git_commit
+    from .train import cpu_features, resolve_precision
+
+    stage_root = Path(tempfile.mkdtemp(prefix=f".{plan.profile}.plan-", dir=plan.out))
+    entries, failed = [], []
+    try:
+        ensure_kernelspec()
+        for i, nb in enumerate(plan.notebooks, 1):
+            lines = stage_root / f"{nb}.plan.jsonl"
+            os.environ[cost.PLAN_ENV] = str(lines)  # inherited by the notebook's kernel
+            print(f"[{i}/{len(plan.notebooks)}] {nb}: probing", flush=True)
+            s = run_notebook(nb, {**plan.parameters[nb], "results_dir": str(stage_root)}, stage_root / plan.profile,
+                             False)
+            if s["status"] != "ok":
+                failed.append(f"{nb}: {s['error']}")
+            entries += [{"notebook": nb, **e} for e in cost.read_entries(lines)]
+    except KeyboardInterrupt:
+        print("interrupted: no plan written", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        os.environ.pop(cost.PLAN_ENV, None)
+        shutil.rmtree(stage_root, ignore_errors=True)
+    totals = cost.summarize(entries)
+    out = {"profile": plan.profile, "notebooks": plan.notebooks, "cpu": cpu_features(),
+           "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+           "precision": resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+           "commit": git_commit(), "probe_steps": list(cost.PROBE_STEPS), "failed": failed, "totals": totals,
+           "entries": entries}
+    path = atomic_write_text(json.dumps(out, indent=1, default=str) + "\n", plan.out / plan.profile / "plan.json")
+    print(f"{totals['runs']} runs: {totals['stored']} in the store, {totals['to_train']} to train in "
+          f"{totals['groups']} groups, {totals['teachers_to_train']} teacher(s) to train; projected "
+          f"{_clock(totals['seed_style_seconds'])} run by run, {_clock(totals['shared_pass_seconds'])} with one "
+          f"teacher pass per group on {out['cpu']['model name']} ({out['precision']}); wrote {_shown(path)}", flush=True)
+    for line in failed:
+        print(f"FAILED {line}", flush=True)
     return 1 if failed else 0
 
 
@@ -606,6 +668,12 @@ def build_parser():
                     help="also copy every figure of the notebooks that ran to DIR/<notebook>-<k>.png")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable), e.g. --param epochs=2 --param seeds=[0]")
+    ap.add_argument("--from-store", action="store_true",
+                    help="re-render pages from the run store only: a run or teacher missing from it is an error, never "
+                         "trained (default notebooks: those with published pages)")
+    ap.add_argument("--plan", action="store_true",
+                    help="train nothing: list every run (stored, or to train with its projected seconds from a short "
+                         "probe of its real step) and write OUT/PROFILE/plan.json")
     ap.add_argument("--no-cache", action="store_true",
                     help="train every run again instead of reusing identical finished runs (same as --param cache=false)")
     return ap
@@ -614,15 +682,26 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        plan = make_plan(args.profile, args.notebooks, args.out, args.show_code,
+        if args.from_store and args.no_cache:
+            raise ConfigError("--from-store reads the run store and --no-cache ignores it: choose one.")
+        notebooks = args.notebooks or (published_notebooks(args.out, args.profile) if args.from_store else None)
+        plan = make_plan(args.profile, notebooks, args.out, args.show_code,
                          args.param + (["cache=false"] if args.no_cache else []))
+
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was run", file=sys.stderr)
         return 130
-    status = run(plan)
+    if args.plan:
+        return run_plan(plan)
+    previous = os.environ.get("KDCORE_STORE_ONLY")
+    os.environ["KDCORE_STORE_ONLY"] = "1" if args.from_store else "0"  # read in the kernels, which inherit it
+    try:
+        status = run(plan)
+    finally:
+        os.environ.pop("KDCORE_STORE_ONLY") if previous is None else os.environ.update(KDCORE_STORE_ONLY=previous)
     if args.figures and status != 130:
         ok = [nb for nb in plan.notebooks if (plan.out / plan.profile / f"{nb}.json").exists()]
         written = export_figures(plan.out / plan.profile, Path(args.figures), ok)

@@ -247,9 +247,24 @@ def test_smoke_report_end_to_end(tmp_path):
     assert "FAILED" not in index and not re.search(r"\bNaN\b|\bFalse\b|\bNone\b|PosixPath|\d\.\d{5,}", index)
     assert (out / "leaderboard.csv").exists() and (out / "leaderboard.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "images", "smoke"]  # the stage folder is gone
-    assert list((tmp_path / "checkpoints").glob("teachers/*.pt"))  # the smoke teachers stay out of the repository
+    assert list((tmp_path / "checkpoints").glob("store/teachers/*.pt"))  # the smoke store stays out of the repository
     figures = {p.name for p in (tmp_path / "images").iterdir()}
     assert {f"{nb}-1.png" for nb in NOTEBOOKS} <= figures  # every notebook plots at least its loss curves
+    # the published pages again, from the run store alone: nothing may train, and the report says so
+    def accuracy(nb):  # the trained numbers (latency is measured again on every render)
+        return [(m["method"], m["test_acc_mean"], m["test_f1_mean"], m["delta_acc"])
+                for m in json.loads((out / f"{nb}.json").read_text())["metrics"]]
+
+    before = {nb: accuracy(nb) for nb in ("01_baseline", "02_logits")}
+    again = subprocess.run([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--from-store",
+                            "--notebooks", "01", "02", "--out", str(tmp_path),
+                            "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"published .*; \d+ runs from the run store, 0 trained\)", again.stdout), again.stdout[-2000:]
+    assert "training" not in again.stdout
+    for nb, metrics in before.items():
+        assert accuracy(nb) == metrics
 
 
 def test_no_cache_flag_sets_the_cache_parameter(monkeypatch):

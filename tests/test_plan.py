@@ -1,0 +1,41 @@
+"""The cost plan: probes time the real step, train and store nothing, and the totals add up by hand."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdcore import plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_projection_and_the_shared_pass_add_up():
+    assert plan.project({"steps_per_epoch": 10, "step": 0.5, "fixed": 2.0}, epochs=3) == 3 * (10 * 0.5 + 2.0)
+    run = lambda label, group, seconds, forward: {"kind": "run", "label": label, "stored": False, "group": group,  # noqa: E731
+                                                  "seconds": seconds, "steps": 100, "teacher_forward_s": forward}
+    entries = [run("kd", "g0", 100.0, 0.4), run("at", "g0", 120.0, 0.4), run("baseline", "g0", 50.0, None),
+               run("kd", "g1", 100.0, 0.4), {"kind": "run", "label": "kd", "stored": True, "seconds": 0.0},
+               {"kind": "teacher", "label": "t", "stored": False, "seconds": 30.0}]
+    totals = plan.summarize(entries)
+    # group g0 pays the teacher's 100 forwards (40 s) once instead of twice; g1 alone saves nothing
+    assert totals["seed_style_seconds"] == 370.0 + 30.0
+    assert totals["shared_pass_seconds"] == pytest.approx((60 + 80 + 50 + 40) + 100 + 30.0)
+    assert (totals["runs"], totals["stored"], totals["to_train"], totals["groups"]) == (5, 1, 4, 2)
+
+
+def test_plan_of_a_notebook_probes_every_run_and_stores_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--plan", "--notebooks",
+                           "02", "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads((tmp_path / "smoke" / "plan.json").read_text())
+    runs = [e for e in out["entries"] if e["kind"] == "run"]
+    assert runs and not any(e["stored"] for e in runs) and all(e["seconds"] > 0 for e in runs)
+    assert {e["label"] for e in runs} >= {"baseline", "kd"} and {e["seed"] for e in runs} == {0, 1}
+    assert [e["kind"] for e in out["entries"]].count("teacher") >= 1 and out["cpu"]["model name"]
+    assert out["totals"]["shared_pass_seconds"] <= out["totals"]["seed_style_seconds"]
+    assert not list((tmp_path / "checkpoints").glob("store/*/*"))  # a probe is never a stored run
+    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["plan.json"]  # no pages published
+    assert "to train in" in proc.stdout and "wrote" in proc.stdout
