@@ -1,6 +1,6 @@
 """What one epoch of each `full`-profile configuration costs on this machine, measured with kdcore's own train_step.
 
-The full profile's budget (issue 9: the whole suite in <= 150 min of 2-core time) is checked against this: each
+The full profile's budget (the whole suite in <= 150 min on 2 AMX cores) is checked against this: each
 row times `train.train_step` on batches of the profile's image size and model pair (synthetic pixels: the cost
 does not depend on them), interleaved round-robin so load hits every row alike, and projects one epoch over the
 full training split. Teachers' rows time a plain cross-entropy step of the teacher. Precision and memory

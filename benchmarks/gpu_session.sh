@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One timed session on a lent GPU machine without network, run from the repository root: the CUDA tests, then
+# One timed run on a GPU machine without network, from the repository root: the CUDA tests, then
 # the full profile's notebooks with their runs trained in parallel (benchmarks/parallel_report.py), all packed
 # into $OUT. It stops itself BUDGET seconds after it starts, so the packing always happens.
 #
@@ -8,12 +8,11 @@
 #   pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_34_x86_64 \
 #     --platform manylinux1_x86_64 -d .whl -r benchmarks/gpu_wheels.txt
-# EuroSAT (notebook 07) is 86 MB, over one call's 64 MiB. It travels in two earlier calls whose command is `true`,
-# carrying .carry/part1, then .carry/part2. The machine keeps them while warm (30 s between calls). The parts are
-# joined here and checked against the shared copy's sha256:
+# EuroSAT (notebook 07) is 86 MB; where one upload is limited to 64 MiB, send it in two halves (.carry/part1, then
+# .carry/part2) before the run. This script joins the parts and checks them against the shared copy's sha256:
 #   split -n 2 ../shared/data/eurosat-rgb.tar.gz /tmp/eurosat-rgb.tar.gz.part-
 #   mv /tmp/eurosat-rgb.tar.gz.part-aa .carry/part1/ && mv /tmp/eurosat-rgb.tar.gz.part-ab .carry/part2/
-# The session call carries .carry/data and .whl:
+# Then, with .carry/data and .whl on the GPU machine:
 #   KDCORE_COMMIT=$(git rev-parse --short HEAD) NOTEBOOKS="01 02 03 04 05" bash benchmarks/gpu_session.sh
 # Settings: NOTEBOOKS (default 01-05), JOBS (12), BUDGET (560 s), CUDA_TESTS (1), OUT.
 set -u

@@ -1,6 +1,6 @@
 """One airbench-family net trained alone with airbench94's own recipe on full CIFAR-10: what a width setting reaches.
 
-Issue 9's homework target needs a student of <= 100 k parameters at macro-F1 >= 0.85 with KD; the seed students
+The homework target needs a student of <= 100 k parameters at macro-F1 >= 0.85 with KD; the seed students
 stop near 0.78-0.80 alone after 30 epochs. This probe asks whether airbench's design (whitening, identity init,
 early pooling, lookahead, label smoothing) at student width reaches that level alone. One seed: it shows what a
 configuration reaches, not a gain. Writes results/probes/<name>/summary.json atomically (history included).

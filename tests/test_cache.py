@@ -79,7 +79,7 @@ def test_second_fetch_of_the_same_pairs_skips_the_teacher(data):
 
 
 def test_storage_is_fp32_unless_the_teacher_runs_under_bf16_autocast(data):
-    """Issue 11: on CUDA the table was bf16 even without amp, so it was no longer exact."""
+    """The table stays fp32 unless the teacher runs under bf16 autocast (on CUDA too), so cached logits stay exact."""
     assert storage_dtype(amp=False) == torch.float32 and storage_dtype(amp=True) == torch.bfloat16
     loader = DeviceLoader(data.train, data, 32, augment=True, pad=PAD)
     assert TeacherLogitCache.for_loader(_teacher(), loader, 10).logits.dtype == torch.float32
