@@ -51,7 +51,7 @@ def test_distillation_learns_and_leaves_teacher_untouched(data, teacher):
 
 
 def test_bf16_fit_leaves_the_callers_teacher_in_fp32(data, teacher):
-    """Issue 11: fit() cast the shared teacher to bf16 in place, changing it for every later run."""
+    """A bf16 fit() runs the teacher under autocast and leaves the caller's teacher in fp32 for every later run."""
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     distiller = make_distiller("kd", create_model("student_light", num_classes=10), teacher)
     result = fit(distiller, data, epochs=1, batch_size=64, device="cpu", precision="bf16", max_steps_per_epoch=3)
