@@ -428,7 +428,7 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
 
 def git_commit() -> str:
     """Short hash of the checkout the code runs from, "+dirty" when tracked files differ from it, "unknown" outside
-    git. $KDCORE_COMMIT, when set, wins: a copied tree (e.g. on a lent GPU machine) may carry no .git or a stale
+    git. $KDCORE_COMMIT, when set, wins: a copied tree (e.g. on a GPU machine without network) may carry no .git or a stale
     one. --no-optional-locks: never take the index lock from under a git command running beside us."""
     if os.environ.get("KDCORE_COMMIT"):
         return os.environ["KDCORE_COMMIT"]
