@@ -29,6 +29,7 @@ class StepInputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0
+    progress: float | None = None  # share of the run's optimiser steps done once this one is: (step + 1) / total
 
 
 class Term(nn.Module):
@@ -38,6 +39,8 @@ class Term(nn.Module):
     decorate the class with `@register` to use it by name in method strings ("kd+mine"); or pass an
     instance straight to `make_distiller` / a notebook's `ctx.run`. A feature term sets `layers` to
     choose among the equal-resolution stage pairs: "all", "middle" or "last"; `pairs` overrides that.
+    `variants` names method-string options: "kd:ls" builds the term with `variants["ls"]` (constructor
+    arguments, plus "weight": the variant's reference weight).
     """
 
     name = "term"
@@ -45,6 +48,7 @@ class Term(nn.Module):
     reference = ""
     needs_teacher = True
     layers: str | None = None  # None: reads logits only
+    variants: dict[str, dict] = {}
 
     def __init__(self, weight: float | None = None, pairs: Sequence[tuple[str, str]] | None = None):
         super().__init__()
@@ -92,37 +96,89 @@ class CrossEntropy(Term):
         return F.cross_entropy(s.student_logits.float(), s.targets, label_smoothing=self.label_smoothing)
 
 
+# logit standardization's recipe (logit-standardization-KD, tools/train.py with --logit-stand --base-temp 2
+# --kd-weight 9): z-scored logits, T = 2, the KD term at weight 9 (for DKD: α and β both times 9)
+_LS = {"standardize": True, "temperature": 2.0, "weight": 9.0}
+LS_REFERENCE = ("Sun et al., Logit Standardization in Knowledge Distillation, CVPR 2024; "
+                "sunshangquan/logit-standardization-KD mdistiller/distillers/KD.py, DKD.py")
+
+
 @register
 class LogitKD(Term):
     """Hinton et al. 2015, "Distilling the Knowledge in a Neural Network": T²·KL(p_t^T ‖ p_s^T), batch mean
-    (RepDistiller's DistillKL). Alone it is mixed (1−α)·CE + α·KD; in combinations CE keeps weight 1."""
+    (RepDistiller's DistillKL). Alone it is mixed (1−α)·CE + α·KD; in combinations CE keeps weight 1.
+
+    "kd:ls" is logit standardization (Sun et al., CVPR 2024): both logits z-scored per sample, then divided by
+    T = 2, KL × T², at weight 9, the reference's `--logit-stand --base-temp 2 --kd-weight 9`, whose CE weight
+    0.1 is the 1 − α of plain KD at α = 0.9."""
 
     name, weight = "kd", 0.9
     reference = "Hinton et al., arXiv:1503.02531 (2015); RepDistiller distiller_zoo/KD.py"
+    variants = {"ls": _LS}
 
-    def __init__(self, weight: float | None = None, temperature: float = 4.0):
+    def __init__(self, weight: float | None = None, temperature: float = 4.0, standardize: bool = False):
         super().__init__(weight)
-        self.temperature = temperature
+        self.temperature, self.standardize = temperature, standardize
 
     def forward(self, s: StepInputs) -> torch.Tensor:
-        return losses.kd_loss(s.student_logits, s.teacher_logits, self.temperature)
+        return losses.kd_loss(s.student_logits, s.teacher_logits, self.temperature, standardize=self.standardize)
 
 
 @register
 class DKD(Term):
-    """Zhao et al. 2022: α·TCKD + β·NCKD, ramped in linearly over `warmup` epochs as in mdistiller."""
+    """Zhao et al. 2022: α·TCKD + β·NCKD, times a linear warm-up ramp.
+
+    Warm-up: mdistiller ramps DKD in over 20 of its 240 epochs, `min(epoch / 20, 1)`. By default (`warmup=None`)
+    this term ramps over the same share of the run, 20/240 = 1/12 of its optimiser steps: the weight is
+    `min(progress / (1/12), 1)`, with `progress` = (step + 1) / total steps from the train loop (a 5-epoch run
+    reaches full weight after 5/12 of an epoch). Without `progress` in the step (a loop that does not give it)
+    there is no ramp. `warmup=E` epochs ramps per epoch instead, `min((epoch + 1) / E, 1)` (mdistiller's rule
+    with E = 20); `warmup=0` turns it off.
+
+    "dkd:ls" adds logit standardization (Sun et al., CVPR 2024): z-scored logits, T = 2, and the term at weight
+    9, which is the reference's α = 9, β = 72 (its `--kd-weight 9` multiplies α = 1 and β = 8); CE stays at 1."""
 
     name = "dkd"
     reference = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022; mdistiller distillers/DKD.py"
+    variants = {"ls": _LS}
+    warmup_fraction = 20 / 240  # mdistiller: CFG.DKD.WARMUP = 20 of SOLVER.EPOCHS = 240
 
     def __init__(self, weight: float | None = None, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup: int = 0):
+                 warmup: float | None = None, standardize: bool = False):
         super().__init__(weight)
         self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
+        self.standardize = standardize
+
+    def ramp(self, s: StepInputs) -> float:
+        """The warm-up factor of this step (see the class docstring)."""
+        if self.warmup is not None:
+            return min((s.epoch + 1) / self.warmup, 1.0) if self.warmup else 1.0
+        return 1.0 if s.progress is None else min(s.progress / self.warmup_fraction, 1.0)
 
     def forward(self, s: StepInputs) -> torch.Tensor:
-        ramp = min((s.epoch + 1) / self.warmup, 1.0) if self.warmup else 1.0
-        return ramp * losses.dkd_loss(s.student_logits, s.teacher_logits, s.targets, self.alpha, self.beta, self.temperature)
+        return self.ramp(s) * losses.dkd_loss(s.student_logits, s.teacher_logits, s.targets, self.alpha, self.beta,
+                                              self.temperature, standardize=self.standardize)
+
+
+@register
+class DIST(Term):
+    """Huang et al. 2022: τ²·[β·(1 − inter-class Pearson ρ) + γ·(1 − intra-class ρ)] of the softened predictions,
+    for a teacher much stronger than the student (losses.dist_loss).
+
+    Defaults are DIST_KD's CIFAR-100 recipe (configs/strategies/distill/dist_cifar.yaml: `kd: dist_t4`,
+    `kd_loss_weight: 2`, `ori_loss_weight: 1`): β = γ = 1, τ = 4, weight 2, CE at 1. Its ImageNet recipe
+    (`kd: dist`) is τ = 1 (`dist_tau=1.0`). τ is its own option, so KD's shared `temperature` does not reach it."""
+
+    name, weight = "dist", 2.0
+    reference = ("Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022; hunto/DIST_KD "
+                 "(hunto/image_classification_sota lib/models/losses/dist_kd.py)")
+
+    def __init__(self, weight: float | None = None, beta: float = 1.0, gamma: float = 1.0, tau: float = 4.0):
+        super().__init__(weight)
+        self.beta, self.gamma, self.tau = beta, gamma, tau
+
+    def forward(self, s: StepInputs) -> torch.Tensor:
+        return losses.dist_loss(s.student_logits, s.teacher_logits, self.beta, self.gamma, self.tau)
 
 
 @register
@@ -345,7 +401,10 @@ class Distiller(nn.Module):
 
 # --------------------------------------------------------------------------- methods by name
 def parse_method(method) -> list[str | Term]:
-    """'kd+at' -> ['kd', 'at']; 'baseline' -> []; Term instances (or lists mixing names and Terms) pass through."""
+    """'kd+at' -> ['kd', 'at']; 'baseline' -> []; Term instances (or lists mixing names and Terms) pass through.
+
+    A name may carry options after colons: a term's variant ('kd:ls', 'dkd:ls': logit standardization) or a
+    pairing ('at:shifted'); they are checked here and kept in the returned name ('kd:ls')."""
     parts = method if isinstance(method, (list, tuple)) else [method] if isinstance(method, Term) else str(method).split("+")
     out = []
     for p in parts:
@@ -353,8 +412,15 @@ def parse_method(method) -> list[str | Term]:
             out.append(p)
             continue
         p = str(p).strip().lower()
-        if p and p != "baseline" and p not in METHODS:
-            raise unknown_name("method", p, ["baseline", *METHODS])
+        name, *flags = p.split(":")
+        if p and name != "baseline" and name not in METHODS:
+            raise unknown_name("method", name, ["baseline", *METHODS])
+        if flags and name == "baseline":
+            raise ConfigError(f"'baseline' trains the student alone and takes no options: {p!r}.")
+        for flag in flags:
+            choices = [*METHODS[name].variants, *PAIRINGS]
+            if flag not in choices:
+                raise unknown_name(f"'{name}:' option", flag, choices)
         if p:
             out.append(p)
     if "baseline" in out and len(out) > 1:
@@ -362,11 +428,22 @@ def parse_method(method) -> list[str | Term]:
     return [p for p in out if p != "baseline"]
 
 
-def _term_options(cls: type[Term], options: dict) -> dict:
-    """The options a term's constructor takes: `<name>_<arg>` for it alone (dkd_beta), or plain `<arg>` shared
-    by every term that has it (temperature)."""
+def _split_variant(part: str) -> tuple[str, dict, str | None]:
+    """'kd:ls' -> ('kd', the 'ls' variant's arguments, None); 'at:shifted' -> ('at', {}, 'shifted')."""
+    name, *flags = part.split(":")
+    variant = {k: v for f in flags if f not in PAIRINGS for k, v in METHODS[name].variants[f].items()}
+    pairings = {f for f in flags if f in PAIRINGS}
+    if len(pairings) > 1:
+        raise ConfigError(f"{part!r} names several pairings {sorted(pairings)}; keep one.")
+    return name, variant, next(iter(pairings), None)
+
+
+def _term_options(cls: type[Term], options: dict, variant: dict | None = None) -> dict:
+    """The options a term's constructor takes: plain `<arg>` shared by every term that has it (temperature), then
+    the method string's variant ('kd:ls' sets T = 2), then `<name>_<arg>` for that term alone (kd_temperature)."""
     params = inspect.signature(cls.__init__).parameters
     kw = {k: v for k, v in options.items() if k in params and k not in ("self", "weight", "pairs")}
+    kw.update({k: v for k, v in (variant or {}).items() if k != "weight"})
     prefix = f"{cls.name}_"
     kw.update({k[len(prefix):]: v for k, v in options.items() if k.startswith(prefix) and k[len(prefix):] in params})
     return kw
@@ -385,13 +462,18 @@ def make_distiller(method, student: nn.Module, teacher: nn.Module | None = None,
     `pairs` fixes the (student layer, teacher layer) pairs of every feature term; other options go to
     the terms that take them (`level_weights`, `p`, `dkd_beta`, `dkd_warmup`, ...) and are ignored by the others,
     so one set of options serves every method; a name no registered term takes is refused.
+    A name may carry a variant after a colon: 'kd:ls' and 'dkd:ls' are logit standardization at its reference's
+    T = 2 and weight 9 (the shared `temperature` does not reach a variant's own T; `kd_temperature`,
+    `dkd_temperature` and `weights` do). A pairing after a colon ('at:shifted') is `pairing="shifted"`.
     """
     parts = parse_method(method)
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha is the weight of the KD term in (1-alpha)·CE + alpha·KD and must be in [0, 1]; got {alpha}.")
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0 (softmax(z/T)); got {temperature}. Typical values: 1-8.")
-    names = [p if isinstance(p, str) else p.name for p in parts]
+    split = {p: _split_variant(p) for p in parts if isinstance(p, str)}
+    names = [split[p][0] if isinstance(p, str) else p.name for p in parts]
+    pairing = _method_pairing(method, [split[p][2] for p in split], pairing)
     weights = dict(weights or {})
     unknown = set(weights) - set(METHODS) - {"ce"} - set(names)
     if unknown:
@@ -405,13 +487,23 @@ def make_distiller(method, student: nn.Module, teacher: nn.Module | None = None,
             part.weight = float(weights.get(part.name, part.weight))
             terms.append(part)
             continue
-        cls = METHODS[part]
-        kw = _term_options(cls, {"temperature": temperature, **options})
+        name, variant, _ = split[part]
+        cls = METHODS[name]
+        kw = _term_options(cls, {"temperature": temperature, **options}, variant)
         if "pairs" in inspect.signature(cls.__init__).parameters and pairs:
             kw["pairs"] = pairs
-        terms.append(cls(weights.get(part, alpha if part == "kd" else None), **kw))
+        terms.append(cls(weights.get(name, variant.get("weight", alpha if name == "kd" else None)), **kw))
     unknown = {o for o in options if not any(_term_options(cls, {o: None}) for cls in METHODS.values())}
     if unknown:
         raise ConfigError(f"Option(s) {sorted(unknown)} are not taken by any method's term; check the spelling, or "
                           f"prefix an option with its term's name (e.g. dkd_beta).")
     return Distiller(student, teacher, terms, pairing)
+
+
+def _method_pairing(method, named: list[str | None], pairing: str) -> str:
+    """The pairing of a method string ('at:shifted'), which must agree with an explicit non-default `pairing`."""
+    named = {p for p in named if p is not None}
+    if len(named) > 1 or (named and pairing != "resolution" and pairing not in named):
+        raise ConfigError(f"method {method!r} and pairing={pairing!r} name different pairings; the pairing is one "
+                          f"for the whole distiller: name it once.")
+    return next(iter(named), pairing)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdcore import create_model, losses
-from kdcore.distill import METHODS, Distiller, LogitKD, Term, make_distiller, register
+from kdcore.distill import DKD, METHODS, Distiller, LogitKD, StepInputs, Term, make_distiller, parse_method, register
 from kdcore.errors import ConfigError
 from kdcore.models import FeatureHooks
 
@@ -73,6 +73,9 @@ def test_shifted_pairing_differs_from_default(resnet_pair, tiny_pair):
     ("kd+sp", {"ce": 1.0, "kd": 0.9, "sp": 3000.0}),
     ("dkd", {"ce": 1.0, "dkd": 1.0}),
     ("hidden", {"ce": 1.0, "hidden": 1.0}),
+    ("kd:ls", {"ce": 0.1, "kd": 9.0}),                    # logit standardization: --kd-weight 9, CE 0.1
+    ("dkd:ls", {"ce": 1.0, "dkd": 9.0}),                  # = its α = 9, β = 72 with CE 1
+    ("dist", {"ce": 1.0, "dist": 2.0}),                   # DIST_KD's dist_cifar.yaml: kd_loss_weight 2
 ])
 def test_term_weights_follow_the_references(tiny_pair, method, expected):
     student, teacher = tiny_pair
@@ -164,3 +167,78 @@ def test_readme_example_adds_a_method_in_under_15_lines(tiny_pair):
         assert parts["l2logits"] > 0 and d.terms[1].weight == pytest.approx(0.9)
     finally:
         METHODS.pop("l2logits", None)
+
+
+def _logits_step(tiny_pair, method, **kw):
+    """(distiller's {term: weighted loss}, student logits, teacher logits, targets) on one eval-mode batch."""
+    student, teacher = tiny_pair
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    d = make_distiller(method, student, teacher, **kw)
+    student.eval()
+    with torch.no_grad():
+        _, parts = d.forward_train(x, y)
+        zs, zt = student(x), teacher(x)
+    student.train()
+    return d, parts, zs, zt, y
+
+
+def test_ls_is_an_option_of_kd_and_dkd_with_the_references_t_and_weight(tiny_pair):
+    d, parts, zs, zt, y = _logits_step(tiny_pair, "kd:ls", temperature=4.0)  # the shared T does not reach the variant
+    assert type(d.terms[1]) is LogitKD and d.terms[1].standardize and d.terms[1].temperature == 2.0
+    torch.testing.assert_close(parts["kd"], 9.0 * losses.kd_loss(zs, zt, 2.0, standardize=True))
+    assert parts["kd"] != pytest.approx(9.0 * losses.kd_loss(zs, zt, 2.0).item(), rel=1e-3)
+    d, parts, zs, zt, y = _logits_step(tiny_pair, "dkd:ls")
+    assert type(d.terms[1]) is DKD and (d.terms[1].alpha, d.terms[1].beta, d.terms[1].temperature) == (1.0, 8.0, 2.0)
+    torch.testing.assert_close(parts["dkd"], 9.0 * losses.dkd_loss(zs, zt, y, temperature=2.0, standardize=True))
+    student, teacher = tiny_pair
+    own = make_distiller("kd:ls", student, teacher, kd_temperature=3.0, weights={"kd": 1.0}).terms[1]
+    assert (own.temperature, own.weight, own.standardize) == (3.0, 1.0, True)  # prefixed options and weights win
+    plain = make_distiller("kd", student, teacher).terms[1]
+    assert (plain.temperature, plain.standardize) == (4.0, False)
+
+
+def test_dist_term_is_dist_loss_with_the_cifar_recipe(tiny_pair):
+    d, parts, zs, zt, _ = _logits_step(tiny_pair, "dist", temperature=1.0)  # KD's temperature is not DIST's τ
+    assert (d.terms[1].beta, d.terms[1].gamma, d.terms[1].tau) == (1.0, 1.0, 4.0)
+    torch.testing.assert_close(parts["dist"], 2.0 * losses.dist_loss(zs, zt, 1.0, 1.0, 4.0))
+    student, teacher = tiny_pair
+    assert make_distiller("dist", student, teacher, dist_tau=1.0).terms[1].tau == 1.0  # DIST_KD's ImageNet τ
+
+
+def test_method_string_options_are_checked_and_pairings_reach_the_distiller(tiny_pair):
+    student, teacher = tiny_pair
+    assert parse_method("KD:LS+at:shifted") == ["kd:ls", "at:shifted"]
+    assert make_distiller("kd+at:shifted", student, teacher).pairing == "shifted"
+    assert make_distiller("at:shifted", student, teacher, pairing="shifted").pairing == "shifted"
+    with pytest.raises(ConfigError, match="Unknown 'kd:' option 'lz'. Did you mean 'ls'"):
+        parse_method("kd:lz")
+    with pytest.raises(ConfigError, match="Unknown 'at:' option 'ls'"):
+        parse_method("at:ls")  # a variant belongs to its term
+    with pytest.raises(ConfigError, match="takes no options"):
+        parse_method("baseline:ls")
+    with pytest.raises(ConfigError, match="different pairings"):
+        make_distiller("at:resolution", student, teacher, pairing="shifted")
+    with pytest.raises(ConfigError, match="once"):
+        make_distiller("kd:ls+kd", student, teacher)
+
+
+def _dkd_step(epoch=0, progress=None):
+    z = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    return StepInputs(z, torch.tensor([0, 1, 2, 3]), z.flip(1), epoch=epoch, progress=progress)
+
+
+def test_dkd_warms_up_over_the_share_of_the_schedule_mdistiller_uses():
+    """mdistiller: 20 of 240 epochs. By default the ramp covers 1/12 of the run's steps, whatever its length."""
+    dkd = DKD()
+    assert dkd.warmup is None and dkd.warmup_fraction == pytest.approx(20 / 240)
+    full = dkd(_dkd_step(progress=1.0))
+    for progress, ramp in ((1 / 240, 0.05), (1 / 24, 0.5), (1 / 12, 1.0), (0.5, 1.0)):
+        assert dkd.ramp(_dkd_step(progress=progress)) == pytest.approx(ramp)
+        torch.testing.assert_close(dkd(_dkd_step(progress=progress)), ramp * full)
+    assert dkd.ramp(_dkd_step(epoch=0, progress=None)) == 1.0  # a loop that gives no progress: no ramp
+    # 240 epochs stepped once per epoch: mdistiller's min(epoch / 20, 1) with 1-based epochs
+    assert [dkd.ramp(_dkd_step(progress=e / 240)) for e in (1, 10, 20, 21)] == pytest.approx([0.05, 0.5, 1.0, 1.0])
+    epochs = DKD(warmup=2)  # explicit epochs: the per-epoch rule, progress ignored
+    assert [epochs.ramp(_dkd_step(epoch=e, progress=0.9)) for e in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert DKD(warmup=0).ramp(_dkd_step(progress=0.001)) == 1.0

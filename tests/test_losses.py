@@ -14,6 +14,7 @@ from kdcore.losses import (
     at_loss,
     attention_map,
     check_finite,
+    dist_loss,
     dkd_loss,
     dkd_terms,
     fitnet_loss,
@@ -23,6 +24,7 @@ from kdcore.losses import (
     pool_to_common,
     resolution_pairs,
     sp_loss,
+    standardize_logits,
 )
 
 
@@ -248,6 +250,142 @@ def test_dkd_errors():
         dkd_loss(s, torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ConfigError, match="beta"):
         dkd_loss(s, s, torch.zeros(4, dtype=torch.long), beta=-1.0)
+
+
+# --------------------------------------------------------------------------- logit standardization
+
+
+def _sun_normalize(logit):
+    """logit-standardization-KD, mdistiller/distillers/KD.py ``normalize`` (verbatim)."""
+    mean = logit.mean(dim=-1, keepdims=True)
+    stdv = logit.std(dim=-1, keepdims=True)
+    return (logit - mean) / (1e-7 + stdv)
+
+
+def _sun_kd(logits_student_in, logits_teacher_in, temperature, logit_stand):
+    """logit-standardization-KD's ``kd_loss`` (verbatim)."""
+    logits_student = _sun_normalize(logits_student_in) if logit_stand else logits_student_in
+    logits_teacher = _sun_normalize(logits_teacher_in) if logit_stand else logits_teacher_in
+    log_pred_student = F.log_softmax(logits_student / temperature, dim=1)
+    pred_teacher = F.softmax(logits_teacher / temperature, dim=1)
+    loss_kd = F.kl_div(log_pred_student, pred_teacher, reduction="none").sum(1).mean()
+    loss_kd *= temperature**2
+    return loss_kd
+
+
+def _sun_dkd(ls, lt, target, alpha, beta, temp, logit_stand):
+    """logit-standardization-KD's ``dkd_loss``: its normalize, then mdistiller's DKD (as _mdistiller_dkd)."""
+    if logit_stand:
+        ls, lt = _sun_normalize(ls), _sun_normalize(lt)
+    return _mdistiller_dkd(ls, lt, target, alpha, beta, temp)
+
+
+def test_standardize_logits_is_a_per_sample_z_score_with_the_sample_std(gen):
+    z = randn(gen, 6, 10, scale=4.0) + 3.0
+    out = standardize_logits(z)
+    torch.testing.assert_close(out.mean(1), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.std(1, correction=1), torch.ones(6), atol=1e-5, rtol=0)  # ddof=1, as torch.std
+    assert out.std(1, correction=0).sub(1).abs().min() > 1e-3  # not the population std
+    torch.testing.assert_close(standardize_logits(torch.zeros(2, 5)), torch.zeros(2, 5))  # flat rows: 0, not NaN
+
+
+@pytest.mark.parametrize("temp", [2.0, 4.0])
+def test_kd_ls_matches_the_logit_standardization_reference(gen, temp):
+    s, t = randn(gen, 16, 10, scale=3.0), randn(gen, 16, 10, scale=5.0)
+    for stand in (True, False):
+        ref = _sun_kd(s.double(), t.double(), temp, stand)
+        assert kd_loss(s, t, temp, standardize=stand).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert kd_loss(s, t, temp, standardize=True).item() != pytest.approx(kd_loss(s, t, temp).item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("temp", [2.0, 4.0])
+def test_dkd_ls_matches_the_logit_standardization_reference(gen, temp):
+    s, t = randn(gen, 16, 10, scale=3.0), randn(gen, 16, 10, scale=5.0)
+    y = torch.randint(0, 10, (16,), generator=gen)
+    ref = _sun_dkd(s.double(), t.double(), y, 9.0, 72.0, temp, True)  # the reference's --kd-weight 9 on α=1, β=8
+    assert dkd_loss(s, t, y, 9.0, 72.0, temp, standardize=True).item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_ls_ignores_each_samples_logit_shift_and_scale(gen):
+    """Why standardize: a student whose logits have a smaller range than the teacher's is not penalised for it."""
+    s, t = randn(gen, 8, 10), randn(gen, 8, 10, scale=3.0)
+    y = torch.randint(0, 10, (8,), generator=gen)
+    shift, scale = randn(gen, 8, 1, scale=5.0), torch.rand(8, 1, generator=gen) * 4 + 0.25
+    base = kd_loss(s, t, 2.0, standardize=True)
+    assert kd_loss(s * scale + shift, t, 2.0, standardize=True).item() == pytest.approx(base.item(), rel=1e-4)
+    assert kd_loss(s * scale, t, 2.0).item() != pytest.approx(kd_loss(s, t, 2.0).item(), rel=1e-2)  # plain KD is not
+    tckd, nckd = dkd_terms(s, t, y, 2.0, standardize=True)
+    tckd2, nckd2 = dkd_terms(s * scale + shift, t, y, 2.0, standardize=True)
+    torch.testing.assert_close((tckd2, nckd2), (tckd, nckd), atol=1e-5, rtol=1e-4)
+
+
+def test_ls_float32_under_bf16_autocast(gen):
+    s, t = randn(gen, 8, 100, scale=5.0).bfloat16(), randn(gen, 8, 100, scale=5.0).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kd_loss(s, t, 2.0, standardize=True)
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(kd_loss(s.float(), t.float(), 2.0, standardize=True).item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- DIST
+
+
+def _dist_kd_reference(z_s, z_t, beta, gamma, tau):
+    """DIST_KD (hunto/image_classification_sota lib/models/losses/dist_kd.py) ``DIST.forward``, verbatim."""
+    def cosine_similarity(a, b, eps=1e-8):
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+    def pearson_correlation(a, b, eps=1e-8):
+        return cosine_similarity(a - a.mean(1).unsqueeze(1), b - b.mean(1).unsqueeze(1), eps)
+
+    def inter_class_relation(y_s, y_t):
+        return 1 - pearson_correlation(y_s, y_t).mean()
+
+    def intra_class_relation(y_s, y_t):
+        return inter_class_relation(y_s.transpose(0, 1), y_t.transpose(0, 1))
+
+    y_s = (z_s / tau).softmax(dim=1)
+    y_t = (z_t / tau).softmax(dim=1)
+    inter_loss = tau**2 * inter_class_relation(y_s, y_t)
+    intra_loss = tau**2 * intra_class_relation(y_s, y_t)
+    return beta * inter_loss + gamma * intra_loss
+
+
+@pytest.mark.parametrize("beta, gamma, tau", [(1.0, 1.0, 1.0), (1.0, 1.0, 4.0), (2.0, 0.5, 2.0), (1.0, 0.0, 1.0)])
+def test_dist_matches_the_dist_kd_reference(gen, beta, gamma, tau):
+    s, t = randn(gen, 32, 10, scale=3.0), randn(gen, 32, 10, scale=3.0)
+    ref = _dist_kd_reference(s.double(), t.double(), beta, gamma, tau)
+    assert dist_loss(s, t, beta, gamma, tau).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_dist_zero_when_predictions_agree_and_both_relations_count(gen):
+    s, t = randn(gen, 16, 10, scale=2.0), randn(gen, 16, 10, scale=2.0)
+    assert dist_loss(s, s.clone()).item() == pytest.approx(0.0, abs=1e-5)
+    inter, intra = dist_loss(s, t, 1.0, 0.0), dist_loss(s, t, 0.0, 1.0)
+    assert inter > 0.1 and intra > 0.1
+    assert dist_loss(s, t, 1.0, 1.0).item() == pytest.approx(inter.item() + intra.item(), rel=1e-6)
+    # the intra-class relation couples the samples of a batch: sample 0's loss depends on sample 1
+    t2 = t.clone()
+    t2[1] = randn(gen, 10, scale=2.0)
+    assert dist_loss(s[:1], t[:1], 0.0, 1.0).item() == pytest.approx(1.0)  # one sample: no spread to correlate
+    assert dist_loss(s, t2, 0.0, 1.0).item() != pytest.approx(intra.item(), rel=1e-3)
+
+
+def test_dist_gradients_finite_and_float32_under_autocast(gen):
+    s = randn(gen, 8, 10, scale=3.0).bfloat16().requires_grad_()
+    t = randn(gen, 8, 10, scale=3.0).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dist_loss(s, t, tau=4.0)
+    assert out.dtype == torch.float32 and out.dim() == 0
+    out.backward()
+    assert torch.isfinite(s.grad.float()).all() and s.grad.abs().sum() > 0
+    one = randn(gen, 1, 10).requires_grad_()
+    dist_loss(one, randn(gen, 1, 10)).backward()
+    assert torch.isfinite(one.grad).all()
+    with pytest.raises(ConfigError, match="same classes"):
+        dist_loss(torch.zeros(4, 10), torch.zeros(4, 5))
+    with pytest.raises(ConfigError, match="gamma"):
+        dist_loss(torch.zeros(4, 10), torch.zeros(4, 10), gamma=-1.0)
 
 
 # --------------------------------------------------------------------------- AT
