@@ -4,6 +4,12 @@ Why paired: a method and its baseline run with the same seed share the initialis
 order, so the per-seed differences cancel most of the seed noise that two independent spreads keep.
 A gain is "significant" only when the paired t interval of the mean difference excludes 0; with n = 1
 there is no interval and nothing is significant.
+
+Many rows, one board: each row's interval has a 5 % false-positive rate, so a board of ~16 methods with no real
+gain shows about one "significant" row by chance (more than one in two boards has at least one). `holm` adjusts the
+rows' paired p-values (Holm's step-down, which holds the family-wise error rate at 5 % under any dependence
+between the rows, such as their shared baseline); `holm_significant` is the board-level verdict. The adjusted
+p-value is never smaller than the raw one, so a row significant after adjustment is significant before it.
 """
 from __future__ import annotations
 
@@ -24,21 +30,50 @@ def summarize(runs: pd.DataFrame, by: str | list[str] = "method", metrics=("test
 
 
 def paired_interval(diffs, confidence: float = 0.95) -> dict:
-    """Mean of paired differences with its t interval: {n, delta, ci_low, ci_high, significant}.
+    """Mean of paired differences with its t interval: {n, delta, ci_low, ci_high, significant, p_value}.
 
-    n < 2 gives no interval (NaN bounds, significant None): one pair cannot separate a gain from noise.
+    `p_value` is the two-sided paired t-test's (significant ⇔ p_value < 1 − confidence). n < 2 gives no interval
+    (NaN bounds and p-value, significant None): one pair cannot separate a gain from noise.
     """
     d = pd.Series(diffs, dtype=float).dropna()
     n, mean = len(d), float(d.mean()) if len(d) else float("nan")
     if n < 2:
-        return {"n": n, "delta": mean, "ci_low": float("nan"), "ci_high": float("nan"), "significant": None}
-    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
+        return {"n": n, "delta": mean, "ci_low": float("nan"), "ci_high": float("nan"), "significant": None,
+                "p_value": float("nan")}
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
     low, high = mean - half, mean + half
-    return {"n": n, "delta": mean, "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0)}
+    return {"n": n, "delta": mean, "ci_low": low, "ci_high": high, "significant": bool(low > 0 or high < 0),
+            "p_value": _t_p_value(mean, se, n - 1)}
+
+
+def _t_p_value(mean: float, se: float, df: int) -> float:
+    """Two-sided p of t = mean / se; identical differences (se = 0) give 0 for a non-zero mean, 1 for zero."""
+    if se == 0:
+        return 0.0 if mean != 0 else 1.0
+    return float(2 * _scipy_stats.t.sf(abs(mean) / se, df))
+
+
+def holm(p_values) -> list[float]:
+    """Holm-adjusted p-values, in the input order: the i-th smallest of m becomes max_{j<=i} min(1, (m−j+1)·p_(j)).
+
+    NaN (a row with no test: the baseline, a row with n < 2) stays NaN and does not count in m. Rejecting the rows
+    whose adjusted p is below 0.05 keeps the chance of any false rejection on the board at most 5 %.
+    """
+    p = pd.Series(list(p_values), dtype=float)
+    tested = p.dropna().sort_values(kind="stable")
+    m = len(tested)
+    stepped = (tested * (m - pd.Series(range(m), index=tested.index))).clip(upper=1.0).cummax()
+    return p.where(p.isna(), stepped.reindex(p.index)).tolist()
+
+
+def holm_significant(p_values, level: float = 0.05) -> list[bool | None]:
+    """Per row: Holm-adjusted p < level (the family-wise verdict over the board), None where there is no test."""
+    return [None if math.isnan(q) else bool(q < level) for q in holm(p_values)]
 
 
 def paired_gain(runs: pd.DataFrame, method: str, baseline: str, metric: str = "test_acc", by: str = "method") -> dict:
-    """`paired_interval` of metric(method) − metric(baseline) over the seeds both ran."""
+    """`paired_interval` of metric(method) − metric(baseline) over the seeds both ran (with its p_value)."""
     a = runs.loc[runs[by] == method].set_index("seed")[metric]
     b = runs.loc[runs[by] == baseline].set_index("seed")[metric]
     if b.empty:

@@ -5,7 +5,7 @@ import pytest
 
 import numpy as np
 
-from kdcore.stats import fmt_gain, fmt_mean_std, paired_gain, paired_interval, summarize
+from kdcore.stats import fmt_gain, fmt_mean_std, holm, holm_significant, paired_gain, paired_interval, summarize
 
 
 def _runs(rows):
@@ -62,6 +62,61 @@ def test_false_positive_rate_is_the_nominal_5_percent_for_any_n():
     for n in (2, 3, 5):
         hits = sum(paired_interval(rng.normal(0, 0.01, n))["significant"] for _ in range(4000))
         assert 0.04 < hits / 4000 < 0.06, (n, hits)
+
+
+def test_paired_p_value_hand_computed_and_agrees_with_the_interval():
+    # t with 2 degrees of freedom has the closed form CDF 1/2 + t / (2·sqrt(2 + t²)), so p = 1 − t / sqrt(2 + t²)
+    t = 0.02 / (0.01 / math.sqrt(3))
+    assert paired_interval([0.01, 0.02, 0.03])["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert paired_interval([0.01, 0.01, 0.01])["p_value"] == 0.0  # identical non-zero differences
+    assert paired_interval([0.0, 0.0])["p_value"] == 1.0
+    assert math.isnan(paired_interval([0.05])["p_value"])
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 5):
+        for _ in range(200):
+            g = paired_interval(rng.normal(0.004, 0.01, n))
+            assert g["significant"] == (g["p_value"] < 0.05), g  # the interval excludes 0 exactly when p < 5 %
+
+
+def test_holm_hand_computed_in_input_order_with_untested_rows():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04, then the running max: 0.04 -> 0.06
+    adjusted = holm([0.01, 0.04, float("nan"), 0.03, 0.005])
+    assert adjusted[:2] == pytest.approx([0.03, 0.06]) and math.isnan(adjusted[2])
+    assert adjusted[3:] == pytest.approx([0.06, 0.02])
+    assert holm_significant([0.01, 0.04, float("nan"), 0.03, 0.005]) == [True, False, None, False, True]
+    assert holm([0.3, 0.9]) == pytest.approx([0.6, 0.9]) and holm([0.7, 0.8]) == pytest.approx([1.0, 1.0])  # capped
+    assert holm([]) == [] and holm_significant([float("nan")]) == [None]
+    assert holm_significant([1e-4] + [0.5] * 15) == [True] + [False] * 15  # a clear gain survives a board of 16
+
+
+def test_holm_is_never_more_liberal_than_the_raw_p_values():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        m = int(rng.integers(1, 20))
+        p = rng.uniform(0, 1, m) ** 3  # many small p-values
+        p[rng.uniform(size=m) < 0.1] = np.nan
+        adjusted = np.array(holm(p))
+        tested = ~np.isnan(p)
+        assert np.array_equal(np.isnan(adjusted), ~tested)
+        assert (adjusted[tested] >= p[tested]).all() and (adjusted[tested] <= 1).all()
+        assert (adjusted[tested] <= np.minimum(1, tested.sum() * p[tested]) + 1e-12).all()  # at most Bonferroni
+        for q, raw in zip(holm_significant(p), p):
+            assert q is None if np.isnan(raw) else (not q or raw < 0.05)
+
+
+def test_a_board_of_16_null_methods_at_n3_has_a_5_percent_family_wise_error():
+    """Every method equals the baseline; each row is paired with the same baseline seeds, as on a real board.
+    Raw 5 % intervals flag at least one row on about half the boards; Holm on about 5 % of them, not more."""
+    rng = np.random.default_rng(0)
+    boards, raw_any, holm_any = 1000, 0, 0
+    for _ in range(boards):
+        seed_effect = rng.normal(0, 0.02, 3)  # shared by every method at a seed: pairing cancels it
+        base = 0.8 + seed_effect + rng.normal(0, 0.01, 3)
+        p = [paired_interval(0.8 + seed_effect + rng.normal(0, 0.01, 3) - base)["p_value"] for _ in range(16)]
+        raw_any += any(v < 0.05 for v in p)
+        holm_any += any(holm_significant(p))
+    assert raw_any / boards > 0.35, raw_any
+    assert 0.025 < holm_any / boards <= 0.065, holm_any
 
 
 def test_fmt_gain():
