@@ -52,10 +52,28 @@ def test_run_seeds_and_write_results(data, tmp_path):
     by = {m["method"]: m for m in res["metrics"]}
     assert by["baseline"]["n"] == 2 and by["baseline"]["delta_acc"] == 0 and by["kd"]["params"] == 1
     assert "±" in by["kd"]["test_acc"] and isinstance(by["kd"]["significant"], bool) and by["kd"]["n_pairs"] == 2
-    assert by["kd"]["delta_ci_low"] <= by["kd"]["delta_acc"] <= by["kd"]["delta_ci_high"]
+    diffs = kd.runs.set_index("seed")["test_acc"] - base.runs.set_index("seed")["test_acc"]  # paired by seed
+    half = 12.706204736174707 * diffs.std(ddof=1) / 2 ** 0.5  # Student t, 97.5 %, 1 degree of freedom; n = 2
+    assert by["kd"]["delta_acc"] == pytest.approx(diffs.mean(), abs=1e-12)
+    assert by["kd"]["delta_ci_low"] == pytest.approx(diffs.mean() - half, abs=1e-12)
+    assert by["kd"]["delta_ci_high"] == pytest.approx(diffs.mean() + half, abs=1e-12)  # (width 0 if diffs agree)
     assert by["baseline"]["significant"] is None
     assert res["run_info"]["dataset"]["source"] == "synthetic gratings" and res["teacher"]["name"] == "tiny_resnet"
     assert not list(tmp_path.glob("unit/.*tmp*"))  # atomic write leaves no temp file
+
+
+def test_written_gain_is_the_paired_t_interval_computed_by_hand(tmp_path):
+    """Seeds listed in another order per method; per-seed differences 0.02, 0.03, 0.01 (mean 0.02, sd 0.01)."""
+    rows = [("baseline", 0, 0.70), ("baseline", 1, 0.80), ("baseline", 2, 0.75),
+            ("kd", 2, 0.76), ("kd", 0, 0.72), ("kd", 1, 0.83)]
+    runs = pd.DataFrame([{"method": m, "seed": s, "test_acc": a, "test_f1": a - 0.1, "precision": a, "recall": a,
+                          "val_acc": a, "seconds": 1.0} for m, s, a in rows])
+    res = json.loads(ex.write_results("unit", "00_ci", {"runs": runs, "baseline": "baseline"}, tmp_path).read_text())
+    kd = {m["method"]: m for m in res["metrics"]}["kd"]
+    half = 4.302652729911275 * 0.01 / 3 ** 0.5  # Student t, 97.5 %, 2 degrees of freedom
+    assert kd["n_pairs"] == 3 and kd["delta_acc"] == pytest.approx(0.02) and kd["delta_f1"] == pytest.approx(0.02)
+    assert kd["delta_ci_low"] == pytest.approx(0.02 - half) and kd["delta_ci_high"] == pytest.approx(0.02 + half)
+    assert kd["significant"] is False  # [-0.0048, +0.0448] contains 0
 
 
 def test_run_store_key_covers_the_recipe_and_can_be_bypassed(data, tmp_path, monkeypatch):
@@ -126,8 +144,44 @@ def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_pat
     assert "nan" not in text.lower() and "False" not in text and "None" not in text
     assert table.loc["l1", "significant"] in ("yes", "no") and "[" in table.loc["l1", "Δ acc vs baseline [95 % CI]"]
     assert table.loc["baseline", "latency ms"] == table.loc["l1", "latency ms"]  # one measurement per architecture
-    assert ctx.best_and_worst(["baseline", "l1"])[0] == max(
-        ["baseline", "l1"], key=lambda lab: ctx.results[lab].runs["val_acc"].mean())  # chosen on validation
+
+
+def test_best_and_worst_are_chosen_on_mean_validation_accuracy_not_test(data):
+    """Validation and test rank the three methods differently, and one seed's maximum differs from the means."""
+    ctx = ex.Context("00_test", {}, data)
+    table = {"a": ([0.95, 0.85], [0.50, 0.50]),   # best on validation (mean 0.90), worst on test
+             "b": ([0.99, 0.41], [0.95, 0.95]),   # highest single validation seed, best on test
+             "c": ([0.60, 0.60], [0.90, 0.90])}   # worst on validation (mean 0.60)
+    for label, (val, test) in table.items():
+        runs = pd.DataFrame({"method": label, "seed": [0, 1], "val_acc": val, "test_acc": test})
+        ctx.results[label] = ex.SeedRuns(label, runs, {}, None, {})
+    assert ctx.best_and_worst(["a", "b", "c"]) == ("a", "c")
+    assert ctx.best_and_worst(["b", "c"]) == ("b", "c")  # only the labels asked for
+
+
+def test_run_key_changes_with_each_ingredient_of_the_recipe_and_with_nothing_else(data):
+    """Runs are kept by what they are (store.RECIPE_VERSION stands for the code, tests/test_golden.py guards it):
+    every ingredient of a run changes its key; how it is watched (progress bar, device) does not."""
+    from kdcore import create_model
+
+    torch.manual_seed(0)
+    teacher, other = create_model("tiny_resnet", num_classes=10, width=4), create_model("tiny_resnet", num_classes=10, width=4)
+    base = dict(student="student_light", student_kwargs={}, pretrained=False, distill={"temperature": 4.0},
+                teacher=teacher, epochs=2, lr=0.05, batch_size=64, seed=0, train={"schedule": "cosine"}, label="kd")
+    key = ex.run_key("kd", data, **base)
+    assert key == ex.run_key("kd", data, **dict(base))
+    changed = {"student": "cnn_small", "student_kwargs": {"width": 8}, "pretrained": True,
+               "distill": {"temperature": 2.0}, "teacher": other, "epochs": 3, "lr": 0.1, "batch_size": 32, "seed": 1,
+               "train": {"schedule": "step"}}
+    for name, value in changed.items():
+        assert ex.run_key("kd", data, **{**base, name: value}) != key, name
+    assert ex.run_key("kd:ls", data, **base) != key
+    other_data = load_dataset("synthetic", seed=1, synthetic=dict(train_size=160, val_size=40, test_size=40))
+    assert ex.run_key("kd", other_data, **base) != key
+    watched = {**base, "train": {"schedule": "cosine", "progress": True, "device": "cuda"}}
+    assert ex.run_key("kd", data, **watched) == key
+    alone = {**base, "teacher": None, "label": "baseline"}
+    assert ex.run_key("baseline", data, **alone) == ex.run_key("baseline", data, **{**alone, "distill": {"p": 1}})
 
 
 def test_profiles_cover_every_notebook():

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,13 +86,24 @@ def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
         TrainConfig(precision="fp16").validate()
 
 
-def test_fit_records_the_precision_auto_chose(data, monkeypatch):
-    run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=1)
-    here = fit(create_model("student_light", num_classes=10), data, **run)
-    assert here.precision == resolve_precision("auto", torch.device("cpu"))
-    monkeypatch.setattr(train, "cpu_features", lambda: {"model name": "test", "amx": True, "avx512_bf16": True})
-    monkeypatch.setattr(train, "bf16_speedup", lambda: 3.0)
-    assert fit(create_model("student_light", num_classes=10), data, **run).precision == "bf16"
+@pytest.mark.parametrize("amx, speedup, deterministic, expected", [
+    (False, 3.0, False, "fp32"),  # AVX512-BF16 without AMX: fp32 even where a probe would say bf16 pays
+    (True, 3.0, False, "bf16"),   # AMX and a probe that confirms the gain
+    (True, 1.05, False, "fp32"),  # AMX, but the probe finds less than BF16_MIN_SPEEDUP
+    (True, None, True, "bf16"),   # a deterministic run never times a probe
+])
+def test_fit_trains_in_and_records_the_precision_auto_chose(data, monkeypatch, amx, speedup, deterministic, expected):
+    def probe():
+        assert speedup is not None, "a deterministic run timed the bf16 probe"
+        return speedup
+
+    monkeypatch.setattr(train, "cpu_features", lambda: {"model name": "test", "amx": amx, "avx512_bf16": True})
+    monkeypatch.setattr(train, "bf16_speedup", probe)
+    seen, real_epoch = [], train.train_epoch
+    monkeypatch.setattr(train, "train_epoch", lambda *a, bf16, **kw: seen.append(bf16) or real_epoch(*a, bf16=bf16, **kw))
+    run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=1, deterministic=deterministic)
+    assert fit(create_model("student_light", num_classes=10), data, **run).precision == expected
+    assert seen == [expected == "bf16"]  # the epoch ran under bf16 autocast exactly when bf16 is recorded
 
 
 def test_cpu_features_names_what_decides_bf16():
@@ -205,13 +218,31 @@ def test_early_stopping_stops(data):
     assert len(result.history) < 6
 
 
-@pytest.mark.parametrize("schedule,optimizer", [("onecycle", "sgd"), ("step", "adamw"), ("plateau", "sgd")])
-def test_schedules_and_optimizers_run(data, schedule, optimizer):
+def _onecycle(step, total, lr):
+    """OneCycleLR(max_lr=lr, total_steps=total, pct_start=0.15) after `step` steps, past its peak: cosine from lr
+    down to lr / 25 / 1e4 between step 0.15·total − 1 and total − 1."""
+    peak, low = 0.15 * total - 1, lr / 25 / 1e4
+    return low + (lr - low) / 2 * (1 + math.cos(math.pi * (step - peak) / (total - 1 - peak)))
+
+
+@pytest.mark.parametrize("schedule, optimizer, lr, epochs, steps, warmup, expected", [
+    ("cosine", "sgd", 0.05, 2, 3, 0, [0.025, 0.0]),                    # lr·(1 + cos(π·t))/2 at t = 3/6, 6/6
+    ("cosine", "sgd", 0.05, 3, 3, 2, [0.05 * 4 / 6, 0.05, 0.0]),        # linear warm-up over 6 steps, then cosine
+    ("step", "adamw", 1e-3, 2, 3, 0, [1e-4, 1e-5]),                     # ×0.1 from t = 0.5, ×0.01 from t = 0.75
+    ("onecycle", "sgd", 0.05, 2, 10, 0, [_onecycle(10, 20, 0.05), _onecycle(20, 20, 0.05)]),
+    ("plateau", "sgd", 0.05, 4, 1, 0, [0.05, 0.05, 0.05, 0.025]),        # halved after 3 epochs without a better val acc
+])
+def test_schedules_give_the_learning_rates_of_their_formulas(data, monkeypatch, schedule, optimizer, lr, epochs, steps,
+                                                             warmup, expected):
+    """The history's lr is the rate after each epoch's last step (per-batch schedules), or after the epoch's
+    validation (plateau, here with a validation accuracy that never improves)."""
+    real = train.metrics_from_confusion
+    if schedule == "plateau":
+        monkeypatch.setattr(train, "metrics_from_confusion", lambda cm: {**real(cm), "acc": 0.5})
     student = create_model("student_light", num_classes=10)
-    lr = 1e-3 if optimizer == "adamw" else 0.05
-    result = fit(student, data, epochs=2, batch_size=64, device="cpu", lr=lr, schedule=schedule,
-                 optimizer=optimizer, max_steps_per_epoch=3)
-    assert len(result.history) == 2
+    result = fit(student, data, epochs=epochs, batch_size=64, device="cpu", lr=lr, schedule=schedule,
+                 optimizer=optimizer, max_steps_per_epoch=steps, warmup_epochs=warmup)
+    assert result.history["lr"].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_bad_arguments_name_the_fix():
