@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=HelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    d.add_argument("--data-root", default=None, help="data folder (default: $KDCORE_DATA, else ./data)")
+    d.add_argument("--data-root", default=None, help="data folder (default: $KDCORE_DATA, else ../shared/data beside the repository)")
     d.add_argument("--train-limit", type=int, default=None, help="class-balanced subset of the training split")
     d.add_argument("--val-limit", type=int, default=None, help="class-balanced subset of the validation split")
     d.add_argument("--test-limit", type=int, default=None, help="class-balanced subset of the test split")
@@ -137,11 +137,11 @@ def _state_hash(module) -> str:
 
 
 def _terms(distiller) -> dict:
-    """Each loss term's weight and its own options (dkd: alpha, beta, T): what the run optimised, whichever
-    command-line flags reached which term."""
+    """Each loss term's weight and its own options (dkd: alpha, beta, T, warmup; None = the term's default rule):
+    what the run optimised, whichever command-line flags reached which term."""
     skip = {"name", "weight", "pairs", "paper", "code", "layers", "training"}
     return {t.name: {"weight": t.weight, **{k: v for k, v in vars(t).items() if not k.startswith("_") and k not in skip
-                                             and isinstance(v, (int, float, str, bool))}} for t in distiller.terms}
+                                             and isinstance(v, (int, float, str, bool, type(None)))}} for t in distiller.terms}
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -124,7 +124,10 @@ def stratified_subset(split: Split, limit: int | None, seed: int = 0) -> Split:
 
 # --------------------------------------------------------------------------- decoding + cache
 def default_root() -> Path:
-    return Path(os.environ.get("KDCORE_DATA", "./data"))
+    """The one default data folder, for the notebooks, the report and `kdcore train`: $KDCORE_DATA, else
+    ../shared/data beside the repository (where an offline machine keeps the tarballs; online, torchvision
+    downloads into it)."""
+    return Path(os.environ.get("KDCORE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def cache_dir() -> Path:

@@ -37,7 +37,7 @@ from . import airbench
 from . import plan
 from . import profiles as _profiles
 from . import stats
-from .data import DataBundle, atomic_save, atomic_write_text, load_dataset
+from .data import DataBundle, atomic_save, atomic_write_text, default_root, load_dataset
 from .distill import make_distiller
 from .errors import ConfigError, PretrainedUnavailableError, unknown_name
 from .evaluate import classification_metrics, evaluate, latency_ms, size_mb
@@ -73,7 +73,7 @@ def project_path(path: str | os.PathLike) -> Path:
 
 def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     """The data folder: `root` when given, else $KDCORE_DATA, else ../shared/data beside the repository."""
-    return project_path(root or os.environ.get("KDCORE_DATA") or "../shared/data")
+    return project_path(root) if root else default_root()
 
 
 def train_overrides(**kw) -> dict:

@@ -83,16 +83,16 @@ def test_report_default_profile_hint_is_shell_syntax(capsys, tmp_path):
 
 
 def test_summary_terms_say_what_each_term_was_given():
-    """--alpha weighs kd only: dkd keeps its own α 1, β 8 (mdistiller), and the summary says so."""
+    """--alpha weighs kd only: dkd keeps its own α 1, β 8 and warm-up rule (mdistiller), and the summary says so."""
     from kdcore import create_model, make_distiller
     from kdcore.cli import _terms
 
     student, teacher = create_model("simplenet", 10), create_model("tiny_resnet", 10)
     assert _terms(make_distiller("kd", student, teacher, alpha=0.5)) == {
-        "ce": {"weight": 0.5, "label_smoothing": 0.0}, "kd": {"weight": 0.5, "temperature": 4.0}}
+        "ce": {"weight": 0.5, "label_smoothing": 0.0}, "kd": {"weight": 0.5, "temperature": 4.0, "standardize": False}}
     dkd = _terms(make_distiller("dkd", student, teacher, alpha=0.9))
     assert dkd["ce"]["weight"] == 1.0 and dkd["dkd"] == {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-                                                         "warmup": 0}
+                                                         "warmup": None, "standardize": False}
 
 
 @pytest.mark.parametrize("extra, split_seed", [([], 3), (["--split-seed", "0"], 0)])
