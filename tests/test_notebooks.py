@@ -201,4 +201,4 @@ def test_papermill_runs_inside_notebooks_and_leaves_nothing_there(tmp_path):
     result = json.loads((tmp_path / "results" / "smoke" / "02_logits.json").read_text())
     assert result["params"]["epochs"] == 1 and result["params"]["dataset"] == "synthetic"  # the smoke profile
     assert result["params"]["n_examples"] == 8  # -p wins over smoke's 6, though 8 is the notebook default
-    assert result["run_info"]["commit"] == ex.git_commit() and list((tmp_path / "checkpoints").glob("teachers/*.pt"))
+    assert result["run_info"]["commit"] == ex.git_commit() and list((tmp_path / "checkpoints").glob("store/teachers/*.pt"))

@@ -9,9 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def trained_runs(ipynb: Path) -> list[str]:
-    """Runs the executed notebook trained itself (run_seeds prints "<label> seed N: reused ..." for the others)."""
+    """Runs the executed notebook trained itself (run_seeds prints "<label> seed N: from the store ..." for the others)."""
     text = "".join("".join(o.get("text", "")) for c in json.loads(ipynb.read_text())["cells"] for o in c.get("outputs", []))
-    reused = set(re.findall(r"^(.+ seed \d+): reused", text, re.M))
+    reused = set(re.findall(r"^(.+ seed \d+): from the store", text, re.M))
     finished = re.findall(r"^(.+ seed \d+): test_acc=", text, re.M)
     assert finished, f"{ipynb.name} printed no runs"
     return [r for r in finished if r not in reused]
