@@ -338,10 +338,11 @@ class Distiller(nn.Module):
 
     def forward_train(self, images: torch.Tensor, targets: torch.Tensor, epoch: int = 0,
                       teacher_logits: torch.Tensor | None = None,
-                      teacher_features: dict[str, torch.Tensor] | None = None
+                      teacher_features: dict[str, torch.Tensor] | None = None, progress: float | None = None
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(student logits, {term name: weighted loss}). `teacher_logits` may come from a cache; with
-        `teacher_features` too (a teacher forward shared by several students), the teacher does not run here."""
+        `teacher_features` too (a teacher forward shared by several students), the teacher does not run here.
+        `progress`: the share of the run's steps done after this one (StepInputs.progress, DKD's warm-up)."""
         with self.student_hooks:
             logits = self.student(images)
             student_features = dict(self.student_hooks.features)
@@ -349,7 +350,7 @@ class Distiller(nn.Module):
         teacher_features = teacher_features if shared else {}
         if self.needs_teacher and not shared and (teacher_logits is None or self.needs_teacher_features):
             teacher_logits, teacher_features = self.teacher_forward(images)
-        step = StepInputs(logits, targets, teacher_logits, student_features, teacher_features, epoch)
+        step = StepInputs(logits, targets, teacher_logits, student_features, teacher_features, epoch, progress)
         if not self.built:
             self.build(step)
         return logits, {t.name: t.weight * t(step) for t in self.terms}

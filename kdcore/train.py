@@ -358,14 +358,16 @@ def _all_reduce_gradients(params: list[nn.Parameter], world: int) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train_step(distiller: Distiller, batch: Batch, optimizer: torch.optim.Optimizer, *, epoch: int = 0,
-               cache: TeacherLogitCache | None = None,
-               bf16: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               cache: TeacherLogitCache | None = None, bf16: bool = False,
+               progress: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step on one batch: forward under bf16 autocast if asked (teacher logits from `cache`
-    when given), backward, gradient all-reduce under torch.distributed, step. Returns (student logits,
-    {term: weighted loss}) as device tensors: nothing here waits for the device."""
+    when given), backward, gradient all-reduce under torch.distributed, step. `progress` (the run's share of
+    steps done after this one) reaches the terms, for schedules such as DKD's warm-up. Returns (student
+    logits, {term: weighted loss}) as device tensors: nothing here waits for the device."""
     with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):
         teacher_logits = cache.fetch(batch.index, batch.view, batch.images) if cache is not None else None
-        logits, losses = distiller.forward_train(batch.images, batch.labels, epoch, teacher_logits=teacher_logits)
+        logits, losses = distiller.forward_train(batch.images, batch.labels, epoch, teacher_logits=teacher_logits,
+                                                 progress=progress)
     optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
     world = _dist()[1]
@@ -377,8 +379,9 @@ def train_step(distiller: Distiller, batch: Batch, optimizer: torch.optim.Optimi
 
 def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.optim.Optimizer, scheduler=None, *,
                 epoch: int = 0, steps: int | None = None, cache: TeacherLogitCache | None = None, bf16: bool = False,
-                progress: bool = False) -> dict[str, float]:
+                progress: bool = False, run_steps: int | None = None) -> dict[str, float]:
     """One pass of train_step over `loader` (at most `steps` batches), stepping a per-batch `scheduler`.
+    With `run_steps` (the whole run's steps), each step tells the terms how far the run has come.
 
     Returns train_loss (the summed terms), loss_<term> and train_acc, sample-weighted over the epoch and
     over ranks. Finiteness is checked every step on CPU and every 50 on CUDA, where a check is a sync.
@@ -393,7 +396,8 @@ def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.opt
     for step, batch in enumerate(_progress(loader, steps, f"epoch {epoch + 1}", progress)):
         if step >= steps:
             break
-        logits, losses = train_step(distiller, batch, optimizer, epoch=epoch, cache=cache, bf16=bf16)
+        done = (epoch * steps + step + 1) / run_steps if run_steps else None
+        logits, losses = train_step(distiller, batch, optimizer, epoch=epoch, cache=cache, bf16=bf16, progress=done)
         if scheduler is not None:
             scheduler.step()
         values = torch.stack([losses[n].detach().float() for n in names])
@@ -512,7 +516,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
             break
         t0 = time.perf_counter()
         train = train_epoch(distiller, train_loader, optimizer, None if cfg.schedule == "plateau" else scheduler,
-                            epoch=epoch, steps=steps, cache=cache, bf16=bf16, progress=cfg.progress and rank == 0)
+                            epoch=epoch, steps=steps, cache=cache, bf16=bf16, progress=cfg.progress and rank == 0,
+                            run_steps=cfg.epochs * steps)
         if cache is not None and cache.path is not None:  # every rank: each holds the views of its own shard
             cache.persist()
         cm, val_loss_sum = confusion(student, val_loader, data.num_classes, bf16)

@@ -202,6 +202,20 @@ def test_every_method_trains_with_finite_terms(data, teacher, method):
     assert np.isfinite(result.history[terms].to_numpy()).all()
 
 
+def test_fit_tells_the_terms_how_far_the_run_has_come(data, teacher, monkeypatch):
+    """DKD's default warm-up reads StepInputs.progress: fit gives (step + 1) / total steps, every step."""
+    from kdcore import distill
+
+    seen = []
+    ramp = distill.DKD.ramp
+    monkeypatch.setattr(distill.DKD, "ramp", lambda self, s: seen.append((s.progress, ramp(self, s))) or ramp(self, s))
+    distiller = make_distiller("dkd", create_model("cnn_small", num_classes=10), teacher)
+    fit(distiller, data, epochs=2, batch_size=64, device="cpu", max_steps_per_epoch=3, precision="fp32")
+    assert seen[0] == (None, 1.0)  # prepare(): one forward outside the loop
+    assert [p for p, _ in seen[1:]] == pytest.approx([k / 6 for k in range(1, 7)])
+    assert [r for _, r in seen[1:]] == pytest.approx([min(k / 6 * 12, 1.0) for k in range(1, 7)])  # 20/240 of the steps
+
+
 def test_fitnet_regressor_parameters_are_trained(data, teacher):
     student = create_model("cnn_small", num_classes=10)
     distiller = make_distiller("fitnet", student, teacher)
