@@ -153,6 +153,23 @@ class TeacherLogitCache:
         return self.logits[i, v].to(images.device, non_blocking=True)
 
     @torch.no_grad()
+    def record(self, index: torch.Tensor, view: torch.Tensor | None, logits: torch.Tensor) -> None:
+        """Keep teacher logits the caller computed on these views (a forward shared with feature terms, as
+        kdcore.group runs it). Only pairs not yet filled are written: a stored pair never changes."""
+        if self.complete:
+            return
+        view = torch.zeros_like(index) if view is None else view
+        i, v = index.to(self.storage), view.to(self.storage)
+        missing = (~self.filled[i, v]).nonzero().flatten()
+        if len(missing):
+            self.logits[i[missing], v[missing]] = logits[missing.to(logits.device)].to(self.storage, self.dtype)
+            self.filled[i[missing], v[missing]] = True
+            self.teacher_images += len(missing)
+            self._written += len(missing)
+            if self._written >= self.filled.numel():
+                self.complete = bool(self.filled.all())
+
+    @torch.no_grad()
     def precompute(self, images_uint8: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor],
                    batch_size: int = 1024) -> "TeacherLogitCache":
         """Fill every missing (image, view) pair in large batches, e.g. before many students share a teacher."""

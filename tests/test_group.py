@@ -1,0 +1,72 @@
+"""Co-training (kdcore.group): students sharing each batch's teacher forward end as they would alone."""
+import pytest
+import torch
+
+from kdcore import create_model, fit, load_dataset, make_distiller
+from kdcore.cache import clear_shared_caches
+from kdcore.errors import ConfigError
+from kdcore.group import fit_group
+
+METHODS = ["baseline", "kd", "dkd", "at", "fitnet", "kd+at:shifted"]  # fitnet's regressor draws from the RNG
+RUN = dict(epochs=2, batch_size=32, lr=0.05, device="cpu", precision="fp32", deterministic=True,
+           max_steps_per_epoch=5, seed=3, channels_last=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("synthetic", synthetic=dict(train_size=256, val_size=64, test_size=64))
+
+
+@pytest.fixture(scope="module")
+def teacher(data):
+    torch.manual_seed(0)
+    model = create_model("tiny_resnet", num_classes=10, width=8)
+    fit(model, data, epochs=1, batch_size=32, device="cpu", precision="fp32", max_steps_per_epoch=4)
+    return model
+
+
+def distillers(teacher):
+    out = []
+    for method in METHODS:
+        torch.manual_seed(11)  # the same student initialisation for the solo and the group run
+        student = create_model("cnn_small", num_classes=10)
+        out.append(make_distiller(method, student, teacher if method != "baseline" else None))
+    return out
+
+
+def test_co_trained_students_are_bit_identical_to_solo_runs(data, teacher, tmp_path):
+    clear_shared_caches()
+    alone = [(d, fit(d, data, teacher_cache=False, **RUN)) for d in distillers(teacher)]  # teacher live, every step
+    clear_shared_caches()
+    group = distillers(teacher)
+    results = fit_group(group, data, teacher_cache=True, out_dirs=[tmp_path / m for m in METHODS], **RUN)
+    for method, (solo, r_solo), together, r_group in zip(METHODS, alone, group, results):
+        a, b = solo.student.state_dict(), together.student.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), method
+        assert r_solo.best_epoch == r_group.best_epoch and r_solo.best_val_acc == r_group.best_val_acc
+        drop = ["seconds"]
+        assert r_solo.history.drop(columns=drop).equals(r_group.history.drop(columns=drop)), method
+        assert (tmp_path / method / "last.pt").exists()
+
+
+def test_a_group_resumes_each_member_from_its_own_last_epoch(data, teacher, tmp_path):
+    clear_shared_caches()
+    whole = distillers(teacher)[:3]
+    fit_group(whole, data, teacher_cache=True, **RUN)
+    first = distillers(teacher)[:3]
+    dirs = [tmp_path / m for m in METHODS[:3]]
+    fit_group(first[:1], data, teacher_cache=True, out_dirs=dirs[:1], **RUN)  # baseline done, the others not started
+    resumed = distillers(teacher)[:3]
+    results = fit_group(resumed, data, teacher_cache=True, out_dirs=dirs, **RUN)
+    assert [r.resumed_from for r in results] == [2, None, None]
+    for a, b in zip(whole, resumed):
+        sa, sb = a.student.state_dict(), b.student.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_group_needs_one_teacher(data, teacher):
+    other = create_model("tiny_resnet", num_classes=10, width=8)
+    pair = [make_distiller("kd", create_model("cnn_small", num_classes=10), teacher),
+            make_distiller("kd", create_model("cnn_small", num_classes=10), other)]
+    with pytest.raises(ConfigError, match="same teacher"):
+        fit_group(pair, data, **RUN)
