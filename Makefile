@@ -27,6 +27,7 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/group_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache results/smoke results/.*.partial-*
