@@ -551,15 +551,11 @@ class Context:
             pretrained: bool = False, seeds=None, **distill_and_train) -> SeedRuns:
         """run_seeds with this notebook's parameters; `label` names it in tables (default: the method).
 
-        `method` is a name ("kd+at"; "at:shifted" uses pairing="shifted": teacher block N -> student block N-1)
-        or a Term object defined in the notebook. Other keywords go to make_distiller or fit.
+        `method` is a name as make_distiller reads it ("kd+at"; "at:shifted": teacher block N -> student block
+        N-1; "kd:ls": logit standardization) or a Term object defined in the notebook. Other keywords go to
+        make_distiller or fit.
         """
         label = label or (method if isinstance(method, str) else method.name)
-        if isinstance(method, str) and ":" in method:
-            method, pairing = method.split(":", 1)
-            distill_and_train.setdefault("pairing", pairing)
-        if isinstance(method, str) and "dkd" in method.split("+"):  # DKD starts ~10x the CE loss; ramp it in (mdistiller: 20 of 240 epochs)
-            distill_and_train.setdefault("dkd_warmup", 2)
         train_keys = {k for k in distill_and_train if k in TRAIN_KEYS}
         train = self._train(**{k: distill_and_train.pop(k) for k in train_keys})
         student = student or self.params["student"]
@@ -581,9 +577,6 @@ class Context:
 
         Built exactly as run() builds it (same make_distiller call) on a few training images; runs nothing else.
         """
-        if isinstance(method, str) and ":" in method:
-            method, pairing = method.split(":", 1)
-            distill.setdefault("pairing", pairing)
         teacher = (self.teacher_result or self.teacher()).model
         model = create_model(student or self.params["student"], self.data.num_classes, self.data.in_channels,
                              **(self.params.get("student_kwargs") or {}))
