@@ -30,27 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from kdcore import profiles  # noqa: E402
+from kdcore.cotrain import PRELUDE_06, TEACHER, owner, run_calls  # noqa: E402
 from kdcore.report import parse_value  # noqa: E402
-
-# The notebooks' ctx calls, run with `seed` and the names a job binds (a, t, e, m, beta, st). 06 mirrors its cell.
-TEACHER = {"01_baseline": "ctx.teacher()",  # 01-05 share it, with 01's baseline
-           "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))",
-           "07_eurosat": "ctx.teacher()"}
-PRELUDE_06 = ("init = lambda name: ex.try_pretrained(name, ctx.pretrained, num_classes=ctx.data.num_classes)\n"
-              "head = {'drop_rate': ctx.drop_rate} if ctx.drop_rate is not None else {}\n")
-BASELINE = "ctx.run('baseline', seeds=[seed])"
-BASELINE_06 = "ctx.run('baseline', student_kwargs={**ctx.student_kwargs, **head}, pretrained=init(ctx.student), seeds=[seed])"
-KD_06 = ("ctx.run('kd', student_kwargs={**ctx.student_kwargs, **head}, pretrained=init(ctx.student), alpha=ctx.alpha, "
-         "temperature=ctx.temperature, seeds=[seed])")
-KD = "ctx.run('kd', alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
-SWEEP = "ctx.run('kd', f'kd a={a} T={t}', alpha=a, temperature=t, seeds=[seed], **({'epochs': e} if e else {}))"
-HIDDEN = "ctx.run('hidden', level_weights=ctx.level_weights, weights={'hidden': ctx.hidden_weight}, seeds=[seed])"
-FITNET = "ctx.run('fitnet', weights={'fitnet': ctx.fitnet_weight}, seeds=[seed])"
-METHOD = "ctx.run(m, alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
-AT_WEIGHT = "ctx.run('at', f'at β={beta:g}', weights={'at': beta}, seeds=[seed])"
-STUDENT = ("ctx.run(ctx.students_method, f'{st} ({ctx.students_method})', student=st, alpha=ctx.alpha, "
-           "temperature=ctx.temperature, seeds=[seed])")
-
 
 @dataclass
 class Job:
@@ -62,37 +43,6 @@ class Job:
     started: float = 0.0
     status: str = "waiting"  # waiting | running | ok | failed | stopped | not started
     seconds: float = 0.0
-
-
-def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
-    """(job name, code, bindings) for every cacheable run that notebook `nb` makes under parameters `p`."""
-    seeds = p["seeds"]
-    if nb == "01_baseline":
-        return [(f"01 baseline s{s}", BASELINE, {"seed": s}) for s in seeds]
-    if nb == "02_logits":
-        return ([(f"02 kd s{s}", KD, {"seed": s}) for s in seeds] +
-                [(f"02 kd a={a} T={t} s{s}", SWEEP, {"seed": s, "a": a, "t": t, "e": p["sweep_epochs"]})
-                 for a in p["sweep_alphas"] or [] for t in p["sweep_temperatures"] or [] for s in p["sweep_seeds"]])
-    if nb == "03_hidden_state":
-        return [(f"03 hidden s{s}", HIDDEN, {"seed": s}) for s in seeds]
-    if nb == "04_regressor":
-        return [(f"04 fitnet s{s}", FITNET, {"seed": s}) for s in seeds]
-    if nb == "05_bonus":  # its L2Logits term is defined in the notebook, so never cached: the report trains it
-        return ([(f"05 {m} s{s}", METHOD, {"seed": s, "m": m}) for m in p["methods"] for s in seeds] +
-                [(f"05 at β={b:g} s{s}", AT_WEIGHT, {"seed": s, "beta": b}) for b in p["at_weights"] for s in seeds])
-    if nb == "06_efficientvit":
-        return ([(f"06 baseline s{s}", BASELINE_06, {"seed": s}) for s in seeds] +
-                [(f"06 kd s{s}", KD_06, {"seed": s}) for s in seeds])
-    if nb == "07_eurosat":
-        return ([(f"07 baseline s{s}", BASELINE, {"seed": s}) for s in seeds] +
-                [(f"07 kd s{s}", KD, {"seed": s}) for s in seeds] +
-                [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds])
-    raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
-
-
-def owner(nb: str) -> str:
-    """The notebook whose data, teacher and baseline `nb` uses: 06 and 07 their own, 01-05 those of 01."""
-    return nb if nb in TEACHER else "01_baseline"
 
 
 def overrides(params: list[str], nb: str) -> dict:

@@ -17,6 +17,7 @@ import ast
 import copy
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import inspect
 import json
@@ -34,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from . import airbench
-from . import plan
+from . import pending, plan
 from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, default_root, load_dataset
@@ -309,6 +310,16 @@ def _result_row(result, ev: dict, model: nn.Module, label: str, seed: int) -> di
             "nhwc": "+".join(k for k, on in result.channels_last.items() if on) or "none"}
 
 
+def _finish_run(store: RunStore | None, key: str | None, model: nn.Module, data: DataBundle, label: str, seed: int,
+                device: str, stored_as: dict, partial: Path | None, result) -> dict:
+    """After a run trained (alone or in a group): its one test evaluation, and its store entry when storable."""
+    ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
+    if store is not None:
+        _store_run(store, key, model, _result_row(result, ev, model, label, seed), result.history, ev, data, stored_as)
+        shutil.rmtree(partial, ignore_errors=True)
+    return ev
+
+
 def _probe_run(kd, data: DataBundle, fit_kw: dict, *, label: str, key: str | None, teacher: nn.Module | None,
                probe_key: str):
     """Plan mode: time this run's real step (plan.probe_fit), record its projection; the probe stands in for it."""
@@ -378,15 +389,18 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
                 on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
                            if train.get("teacher_cache") and checkpoint_dir is not None else {})  # other notebooks
                 partial = Path(checkpoint_dir) / "runs" / f"{key}.partial" if key is not None else None  # resumes here
+                stored_as = {"method": method, "label": label, "student": student, "student_kwargs": student_kwargs,
+                             "distill": distill, "train": train, "teacher": getattr(teacher, "kd_teacher_key", None),
+                             **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}}
+                finish = functools.partial(_finish_run, store, key, model, data, label, seed, device, stored_as, partial)
+                if pending.collecting() and store is not None:  # kdcore.cotrain: trained later, in a group
+                    pending.add(pending.PendingRun(label, key, kd, data, {**fit_kw, **on_disk}, partial,
+                                                   data_fingerprint(data), finish))
+                    first_model = first_model or model
+                    continue
                 result = fit(kd, data, out_dir=partial, **fit_kw, **on_disk)
-            ev = evaluate(model, data, "test", device=device)  # the test split, once, after selection on val
+            ev = finish(result) if not planning() else evaluate(model, data, "test", device=device)
             row, history = _result_row(result, ev, model, label, seed), result.history
-            if store is not None and not planning():
-                _store_run(store, key, model, row, history, ev, data,
-                           {"method": method, "label": label, "student": student, "student_kwargs": student_kwargs,
-                            "distill": distill, "train": train, "teacher": getattr(teacher, "kd_teacher_key", None),
-                            **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}})
-                shutil.rmtree(partial, ignore_errors=True)
         row = {**row, "method": label, "student": student, "reused": reused}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")

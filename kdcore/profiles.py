@@ -45,6 +45,12 @@ def store_for(profile: str) -> str | None:
     return PROFILES[check_profile(profile)].get("store")
 
 
+def co_trains(profile: str) -> bool:
+    """Whether `kdcore report` co-trains the profile's runs by seed before its notebooks run (top-level
+    `co_train: true`, kdcore.cotrain): worth it where teacher forwards dominate, as on a CPU at full scale."""
+    return bool(PROFILES[check_profile(profile)].get("co_train"))
+
+
 def default_profile(verbose: bool = True) -> str:
     """gpu when CUDA is available, else cpu; says which and why."""
     name = "gpu" if torch.cuda.is_available() else "cpu"

@@ -14,6 +14,8 @@ Bad arguments (unknown profile, notebook or parameter name, a value of the wrong
 """
 from __future__ import annotations
 
+import argparse
+
 import ast
 import contextlib
 import errno
@@ -654,6 +656,23 @@ def run_plan(plan: Plan) -> int:
     return 1 if failed else 0
 
 
+def _co_train(plan: Plan, params: list[str]) -> int:
+    """kdcore.cotrain before the notebooks: 0 when done, 130 when interrupted (finished runs stay stored, the
+    others keep their epochs for the next try), 2 on a configuration error."""
+    from . import cotrain
+
+    try:
+        given = {k: parse_value(v) for k, v in (item.split("=", 1) for item in params)}
+        cotrain.co_train(plan.profile, [nb for nb in plan.notebooks if nb in cotrain.MIRRORED], given)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted while co-training: finished runs are in the run store", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser():
     from .cli import HelpFormatter, Parser
 
@@ -674,6 +693,9 @@ def build_parser():
     ap.add_argument("--plan", action="store_true",
                     help="train nothing: list every run (stored, or to train with its projected seconds from a short "
                          "probe of its real step) and write OUT/PROFILE/plan.json")
+    ap.add_argument("--co-train", action=argparse.BooleanOptionalAction, default=None,
+                    help="first train the notebooks' runs together by seed, one teacher forward per batch for all of "
+                         "them, into the run store (default: the profile's co_train, on for full)")
     ap.add_argument("--no-cache", action="store_true",
                     help="train every run again instead of reusing identical finished runs (same as --param cache=false)")
     return ap
@@ -696,6 +718,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.plan:
         return run_plan(plan)
+    if not args.from_store and (args.co_train if args.co_train is not None else _profiles.co_trains(plan.profile)):
+        status = _co_train(plan, args.param)
+        if status:
+            return status
     previous = os.environ.get("KDCORE_STORE_ONLY")
     os.environ["KDCORE_STORE_ONLY"] = "1" if args.from_store else "0"  # read in the kernels, which inherit it
     try:

@@ -70,3 +70,19 @@ def test_a_group_needs_one_teacher(data, teacher):
             make_distiller("kd", create_model("cnn_small", num_classes=10), other)]
     with pytest.raises(ConfigError, match="same teacher"):
         fit_group(pair, data, **RUN)
+
+
+def test_co_train_stores_the_notebooks_runs_so_the_notebooks_train_nothing(tmp_path):
+    """kdcore.cotrain mirrors the notebooks' calls: afterwards each notebook run comes from the store."""
+    from kdcore import cotrain
+    from kdcore import experiments as ex
+
+    params = {"checkpoint_dir": str(tmp_path), "seeds": [0]}
+    groups = []
+    trained = cotrain.co_train("smoke", ["01_baseline", "03_hidden_state"], params, log=groups.append)
+    assert trained == 2 and groups[-1] == "co-training 2 runs at seed 0: baseline, hidden"  # one group: same views
+    assert cotrain.co_train("smoke", ["01_baseline", "03_hidden_state"], params, log=groups.append) == 0
+    ctx = ex.setup("03_hidden_state", profile="smoke", **params)
+    ctx.teacher()
+    runs = ctx.run("hidden", level_weights=ctx.level_weights, weights={"hidden": ctx.hidden_weight})
+    assert runs.runs["reused"].tolist() == [True]
