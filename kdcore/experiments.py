@@ -416,13 +416,16 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
     """Per method: n, mean/std of test acc/F1, P/R and val acc, and the paired gain over the baseline student.
 
     The gain is paired over the seeds both ran (stats.paired_gain): delta_acc with its 95 % interval
-    (delta_ci_low, delta_ci_high), `significant` when the interval excludes 0, and delta_f1. It is only a
+    (delta_ci_low, delta_ci_high), its paired t-test p_value, and delta_f1. `significant_raw`: the row's own
+    interval excludes 0; `significant`: its Holm-adjusted p-value over the table's rows (p_holm) is below 0.05,
+    so a table of many methods keeps a 5 % chance of any false "significant". It is only a
     KD gain against the same student architecture trained alone; other rows get NaN / None.
     """
     summary = stats.summarize(runs, by="method", metrics=("test_acc", "test_f1", "precision", "recall", "val_acc",
                                                           "seconds"))
     student_of = runs.groupby("method", sort=False)["student"].first() if "student" in runs else None
-    cols = {k: [] for k in ("delta_acc", "delta_ci_low", "delta_ci_high", "significant", "n_pairs", "delta_f1")}
+    cols = {k: [] for k in ("delta_acc", "delta_ci_low", "delta_ci_high", "significant", "n_pairs", "delta_f1",
+                            "p_value")}
     for method in summary["method"]:
         comparable = (baseline is not None and baseline in set(runs["method"]) and method != baseline and
                       (student_of is None or student_of[method] == student_of[baseline]))
@@ -433,10 +436,14 @@ def summarize_runs(runs: pd.DataFrame, baseline: str | None = "baseline") -> pd.
         cols["delta_ci_low"].append(acc["ci_low"] if acc else float("nan"))
         cols["delta_ci_high"].append(acc["ci_high"] if acc else float("nan"))
         cols["significant"].append(acc["significant"] if acc else None)
+        cols["p_value"].append(acc["p_value"] if acc else float("nan"))
         cols["n_pairs"].append(acc["n"] if acc else 0)
         cols["delta_f1"].append(f1["delta"] if f1 else 0.0 if is_base else float("nan"))
+    cols["significant_raw"] = cols.pop("significant")  # this row's interval alone excludes 0
+    cols["p_holm"] = stats.holm(cols["p_value"])  # over this board's rows: family-wise error 5 %
+    cols["significant"] = stats.holm_significant(cols["p_value"])
     for k, v in cols.items():
-        summary[k] = pd.Series(v, index=summary.index, dtype=object if k == "significant" else None)
+        summary[k] = pd.Series(v, index=summary.index, dtype=object if k.startswith("significant") else None)
     return summary
 
 
@@ -509,6 +516,7 @@ def write_results(profile: str, notebook: str, payload: dict, results_dir: str |
         for k in ("delta_acc", "delta_ci_low", "delta_ci_high", "delta_f1"):
             m[k] = float(r[k])
         m["significant"], m["n_pairs"] = r["significant"], int(r["n_pairs"])
+        m["significant_raw"], m["p_value"], m["p_holm"] = r["significant_raw"], float(r["p_value"]), float(r["p_holm"])
         m["is_baseline"] = r["method"] == baseline
         m["seconds_per_run"] = float(r["seconds_mean"])
         m.update({k: eff.get(r["method"], {}).get(k) for k in ("params", "size_mb", "latency_ms", "threads")})
@@ -662,6 +670,7 @@ class Context:
             "val acc": s["val_acc_mean"].map("{:.4f}".format),
             "Δ acc vs baseline [95 % CI]": [stats.fmt_gain(d, lo, hi) for d, lo, hi in
                                             zip(s["delta_acc"], s["delta_ci_low"], s["delta_ci_high"])],
+            "p (Holm)": s["p_holm"].map(lambda p: "–" if p != p else f"{p:.3f}"),
             "significant": s["significant"].map(lambda v: yes_no.get(v, "–")),
             "params": [f"{self.results[m].efficiency['params']:,}" for m in s["method"]],
             "MB": [f"{self.results[m].efficiency['size_mb']:.3f}" for m in s["method"]],

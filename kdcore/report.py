@@ -391,7 +391,7 @@ def leaderboard(results: dict[str, dict]) -> pd.DataFrame:
                          "acc_std": m["test_acc_std"], "f1_mean": m["test_f1_mean"], "n": m["n"],
                          "delta_acc": m.get("delta_acc"), "delta_ci_low": m.get("delta_ci_low"),
                          "delta_ci_high": m.get("delta_ci_high"), "significant": m.get("significant"),
-                         "clear_gain": m.get("clear_gain"),  # results written before the paired comparison
+                         "p_holm": m.get("p_holm"), "clear_gain": m.get("clear_gain"),  # results written before the paired comparison
                          "teacher": t.get("name"), "teacher_acc": t.get("test_acc"), "params": m.get("params"),
                          "size_mb": m.get("size_mb"), "latency_ms": m.get("latency_ms"), "threads": m.get("threads"),
                          "seconds_per_run": m.get("seconds_per_run"), "page": f"{nb}.html"})
@@ -425,7 +425,7 @@ def _gain(r: dict) -> str:
 def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
     """The leaderboard as strings: 4-digit accuracies, yes/no, '–' for what is missing."""
     return [{"notebook": r["notebook"], "method": r["method"], "test acc": r["test_acc"], "macro-F1": r["macro_f1"],
-             "Δ acc vs baseline [95 % CI]": _gain(r),
+             "Δ acc vs baseline [95 % CI]": _gain(r), "p (Holm)": cell(r.get("p_holm"), ".3f"),
              "significant": "–" if r["is_baseline"] else cell(r["significant"]),
              "teacher acc": cell(r["teacher_acc"], ".4f"), "params": cell(r["params"], ",.0f"),
              "MB": cell(r["size_mb"], ".3f"), "latency ms": cell(r["latency_ms"], ".2f"),
@@ -516,8 +516,9 @@ tr.not-run td{{color:#888}}</style>
 <th>error (last line)</th></tr>{status_html}</table>
 <h2>Leaderboard</h2>
 <p>Student test accuracy and macro-F1 as mean ± std over seeds (n). Δ is the mean gain over the notebook's baseline
-student (same architecture, same seeds) with its paired 95 % t interval; “significant” means the interval excludes 0
-(– with one seed, or for another architecture). Checkpoints were chosen on the validation split; the test split was
+student (same architecture, same seeds) with its paired 95 % t interval; “significant” means the paired t-test's
+p-value, Holm-adjusted over the rows of the notebook's table (p (Holm)), is below 0.05, which keeps the chance of any
+false “significant” in that table at 5 % (– with one seed, or for another architecture). Checkpoints were chosen on the validation split; the test split was
 used once per run. Latency: CPU, batch 1, median of interleaved repeats, with the thread count used.</p>
 <table><tr>{header}</tr>{board_html}</table>
 <h2>Scaling</h2><ul>{scaling}</ul>

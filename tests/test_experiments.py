@@ -187,7 +187,7 @@ def test_run_key_changes_with_each_ingredient_of_the_recipe_and_with_nothing_els
 def test_profiles_cover_every_notebook():
     assert set(profiles.PROFILES) == {"smoke", "cpu", "full", "gpu"}
     for name, profile in profiles.PROFILES.items():
-        assert set(profile) - {"scaling", "common", "store"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
+        assert set(profile) - {"scaling", "common", "store", "co_train"} <= set(profiles.NOTEBOOKS)  # a misspelt notebook block
         for nb in profiles.NOTEBOOKS:
             defaults, p = profiles.notebook_defaults(nb), profiles.params_for(name, nb)
             assert set(p) == set(defaults), f"{name}.yaml sets names {nb} has no parameter for"
@@ -221,3 +221,19 @@ def test_logit_runs_keep_the_teachers_views_for_other_notebooks(tmp_path):
                  teacher_cache=True, distill={"alpha": 0.5}, **TINY)
     clear_shared_caches()
     assert calls == [8]  # only the distiller's prepare() probe: every training view came from the file
+
+
+def test_significant_follows_holm_over_the_table_and_the_raw_verdict_stays_beside_it():
+    """B's own interval excludes 0 (p = 0.039), but after Holm over the table (p × 2 = 0.077) it is not
+    significant; A (p ≈ 0.0003, × 3) stays significant; the baseline and C have no verdict / a negative one."""
+    base = [0.80, 0.81, 0.82]
+    gains = {"A": [0.010, 0.011, 0.012], "B": [0.013, 0.020, 0.027], "C": [-0.01, 0.0, 0.01]}
+    rows = [{"method": "baseline", "seed": s, "test_acc": a, "test_f1": a, "precision": a, "recall": a, "val_acc": a,
+             "seconds": 1.0} for s, a in enumerate(base)]
+    rows += [{"method": m, "seed": s, "test_acc": base[s] + d, "test_f1": base[s] + d, "precision": 0.0, "recall": 0.0,
+              "val_acc": 0.0, "seconds": 1.0} for m, ds in gains.items() for s, d in enumerate(ds)]
+    s = ex.summarize_runs(pd.DataFrame(rows)).set_index("method")
+    assert s.loc["B", "p_value"] == pytest.approx(0.0385, abs=5e-4) and s.loc["B", "significant_raw"] is True
+    assert s.loc["B", "p_holm"] == pytest.approx(2 * s.loc["B", "p_value"]) and s.loc["B", "significant"] is False
+    assert s.loc["A", "p_holm"] == pytest.approx(3 * s.loc["A", "p_value"]) and s.loc["A", "significant"] is True
+    assert s.loc["C", "significant"] is False and s.loc["baseline", "significant"] is None
