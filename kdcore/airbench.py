@@ -244,7 +244,7 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     """Train `model` in place with airbench94's recipe; validate every epoch; test once at the end.
 
     With `checkpoint`, the state after each epoch is saved there (atomically), and a call that finds it resumes
-    after its epoch: on a slow CPU a teacher can outlive a session (EuroSAT at 64 px: about 15 min an epoch on 2
+    after its epoch: on a slow CPU a teacher can outlive the process (EuroSAT at 64 px: about 15 min an epoch on 2
     fp32 cores). Batches are seeded by (seed, epoch), so a resumed run is the uninterrupted one. The caller removes
     the file once the teacher is saved.
 

@@ -528,7 +528,7 @@ used once per run. Latency: CPU, batch 1, median of interleaved repeats, with th
 
 
 def export_figures(results: Path, images: Path, notebooks: list[str] | None = None) -> list[Path]:
-    """Copy every figure of the executed notebooks to images/<notebook>-<k>.png (README figures from a real run)."""
+    """Copy every figure of the executed notebooks to images/<notebook>-<k>.png (figures for documents, from a real run)."""
     import base64
 
     import nbformat

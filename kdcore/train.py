@@ -112,8 +112,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 # --------------------------------------------------------------------------- precision
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> dict:
-    """Whether bf16 can pay on this CPU, for results files: AMX tiles (the matrix units behind issue 9's
-    2-3.6x bf16 gains), AVX512-BF16 (bf16 dot products only) and the model name."""
+    """Whether bf16 can pay on this CPU, for results files: AMX tiles (the matrix units behind bf16's
+    2-3.6x gains on the CIFAR rows, docs/performance.md), AVX512-BF16 (bf16 dot products only) and the model name."""
     name = platform.processor()
     try:
         name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -215,7 +215,7 @@ def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.d
     """NHWC for this model? On CUDA yes (cuDNN's tensor-core kernels want it). On a CPU only when
     channels_last_safe() and, with `probe`, channels_last_speedup() >= CHANNELS_LAST_MIN_SPEEDUP: on a
     2-core EPYC without AVX512, NHWC made the airbench teacher's forward 1.39x and airbench_small's training
-    step 1.38x faster, student_resnet's forward only 1.06x (README, "Memory format"). Timed once per process
+    step 1.38x faster, student_resnet's forward only 1.06x (docs/performance.md). Timed once per process
     for each architecture, input shape and role. Without `probe` (deterministic runs: no timing may decide) NCHW."""
     if device.type == "cuda":
         return True

@@ -116,7 +116,7 @@ def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, m
     assert whole.runs["resumed_from"].isna().all()
     for col in ("test_acc", "test_f1", "val_acc", "best_epoch"):
         assert resumed.runs[col].tolist() == whole.runs[col].tolist()
-    assert resumed.runs["seconds"].iloc[0] >= resumed.histories[0]["seconds"].sum() * 0.99  # both sessions' epochs
+    assert resumed.runs["seconds"].iloc[0] >= resumed.histories[0]["seconds"].sum() * 0.99  # both processes' epochs
     assert not list(runs.iterdir())  # the partial folder is gone once the run is stored
     assert sorted(p.suffix for p in (tmp_path / "cut" / "store" / "runs").iterdir()) == [".json", ".pt"]
 
