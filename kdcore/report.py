@@ -121,7 +121,42 @@ def check_type(name: str, raw: str, value, types: set[type]):
     if str in types and value is not None:
         return raw  # e.g. a model name that happens to look like a number
     kinds = " or ".join(sorted(t.__name__ for t in types if t is not type(None)) + ["None"] * (type(None) in types))
-    raise ConfigError(f"--param {name}={raw}: {name} takes {kinds}, not {type(value).__name__} {value!r}.")
+    fix = list in types and isinstance(value, tuple)
+    raise ConfigError(f"--param {name}={raw}: {name} takes {kinds}, not {type(value).__name__} {value!r}."
+                      + (f" Write it as a list: --param {name}=[{','.join(map(repr, value))}]." if fix else ""))
+
+
+_positive = lambda v: v > 0  # noqa: E731
+_count_or_none = lambda v: v is None or v >= 1  # noqa: E731
+RANGES = {  # parameter: (check of its value, what the value must be)
+    "alpha": (lambda v: 0 <= v <= 1, "in [0, 1] (the KD term's share; 1 - alpha weighs the labels)"),
+    "temperature": (_positive, "> 0"), "lr": (_positive, "> 0"), "teacher_lr": (_positive, "> 0"),
+    "epochs": (lambda v: v >= 1, ">= 1"), "teacher_epochs": (_positive, "> 0"),
+    "sweep_epochs": (_count_or_none, ">= 1, or None"), "batch_size": (lambda v: v >= 1, ">= 1"),
+    "seeds": (lambda v: len(v) >= 1 and all(isinstance(s, int) and s >= 0 for s in v),
+              "a non-empty list of seeds >= 0, e.g. [0, 1, 2]"),
+    "sweep_seeds": (lambda v: all(isinstance(s, int) and s >= 0 for s in v), "a list of seeds >= 0, e.g. [0]"),
+    "train_limit": (_count_or_none, ">= 1, or None for the whole split"),
+    "val_limit": (_count_or_none, ">= 1, or None for the whole split"),
+    "test_limit": (_count_or_none, ">= 1, or None for the whole split"),
+    "max_steps_per_epoch": (_count_or_none, ">= 1, or None for whole epochs"),
+    "threads": (_count_or_none, ">= 1, or None for torch's default"),
+    "n_examples": (lambda v: v >= 0, ">= 0"), "latency_min_run_time": (_positive, "> 0 seconds"),
+    "sweep_alphas": (lambda v: v is None or all(0 <= a <= 1 for a in v), "a list of values in [0, 1]"),
+    "sweep_temperatures": (lambda v: v is None or all(t > 0 for t in v), "a list of values > 0"),
+    "at_weights": (lambda v: all(w >= 0 for w in v), "a list of weights >= 0"),
+}
+
+
+def check_range(name: str, value, origin: str) -> None:
+    """ConfigError naming the parameter, who set it and the range it must be in, before anything trains."""
+    check, what = RANGES.get(name, (None, None))
+    try:
+        ok = check is None or bool(check(value))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{origin}: {name} must be {what}; got {value!r}.")
 
 
 def select_notebooks(names: list[str] | None) -> list[str]:
@@ -164,6 +199,8 @@ def make_plan(profile: str | None, notebooks: list[str] | None, out: str | os.Pa
         for k, text in raw.items():
             if k in valid[nb]:
                 p[k] = check_type(k, text, parse_value(text), allowed_types(nb, k, valid[nb][k]))
+        for k, v in p.items():
+            check_range(k, v, f"--param {k}={raw[k]}" if k in raw else f"{nb} under profile {profile}")
         p["profile"] = profile
         if "progress" in valid[nb]:
             p["progress"] = False  # tqdm bars do not belong in a log or an HTML page

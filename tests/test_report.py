@@ -43,16 +43,28 @@ def test_unknown_param_lists_valid_names(tmp_path):
     ("epochs=true", "epochs takes int"),
     ("epochs=none", "epochs takes int, not NoneType None"),
     ("seeds=3", "seeds takes list"),
+    ("seeds=0,1", "seeds takes list, not tuple (0, 1). Write it as a list: --param seeds=[0,1]."),
+    ("seeds=[]", "--param seeds=[]: seeds must be a non-empty list of seeds >= 0"),
+    ("alpha=1.5", "--param alpha=1.5: alpha must be in [0, 1]"),
+    ("temperature=0", "temperature must be > 0"),
+    ("epochs=0", "epochs must be >= 1"),
+    ("train_limit=0", "train_limit must be >= 1, or None"),
+    ("sweep_alphas=[0.5,2]", "sweep_alphas must be a list of values in [0, 1]"),
     ("teacher_kwargs=[8]", "teacher_kwargs takes dict"),
     ("profile=cpu", "--param profile=... is set by the report; use --profile instead"),
     ("results_dir=/tmp/x", "use --out instead"),
     ("epochs", "--param expects KEY=VALUE"),
 ])
-def test_param_values_are_type_checked_before_anything_runs(tmp_path, param, message):
+def test_param_values_are_type_and_range_checked_before_anything_runs(tmp_path, param, message):
     with pytest.raises(ConfigError) as info:
         report.make_plan("smoke", ["02"], tmp_path, params=[param])
     assert message in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_every_profile_is_in_range():
+    for profile in ("smoke", "cpu", "full", "gpu"):
+        report.make_plan(profile, None, "results")
 
 
 def test_param_values_of_the_right_type_pass():
