@@ -324,7 +324,9 @@ def _probe_run(kd, data: DataBundle, fit_kw: dict, *, label: str, key: str | Non
                probe_key: str):
     """Plan mode: time this run's real step (plan.probe_fit), record its projection; the probe stands in for it."""
     probe, result = plan.probe_fit(fit, kd, data, probe_key, **{**fit_kw, "teacher_cache": False})
-    forward = (plan.teacher_forward_seconds(teacher, data, fit_kw["batch_size"]) if teacher is not None else None)
+    forward = (plan.teacher_forward_seconds(teacher, data, fit_kw["batch_size"], bf16=result.precision == "bf16",
+                                            channels_last=bool(result.channels_last.get("teacher")))
+               if teacher is not None else None)
     steps = fit_kw["epochs"] * probe["steps_per_epoch"]
     group = _hash({"teacher": weights_hash(teacher) if teacher is not None else None, "data": data_fingerprint(data),
                    **{k: fit_kw.get(k) for k in ("seed", "batch_size", "epochs", "augment", "pad", "max_steps_per_epoch")}})

@@ -62,19 +62,23 @@ def project(probe: dict, epochs: float) -> float:
 
 
 @torch.no_grad()
-def teacher_forward_seconds(teacher: torch.nn.Module, data, batch_size: int, batches: int = 3) -> float:
-    """Seconds of one teacher forward on a training batch (median of `batches`, after one warm-up)."""
+def teacher_forward_seconds(teacher: torch.nn.Module, data, batch_size: int, batches: int = 3, *, bf16: bool = False,
+                            channels_last: bool = False) -> float:
+    """Seconds of one teacher forward on a training batch (median of `batches`, after one warm-up), in the
+    precision and memory layout the probed run gave its teacher, so it is the forward that run's step pays."""
     device = next(teacher.parameters()).device
-    x = data.normalize(data.train.images[:batch_size].to(device))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = data.normalize(data.train.images[:batch_size].to(device)).contiguous(memory_format=fmt)
     was = teacher.training
-    teacher.eval()
+    teacher.eval().to(memory_format=fmt)
     times = []
     for i in range(batches + 1):
         t0 = time.perf_counter()
-        teacher(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            teacher(x)
         if i:
             times.append(time.perf_counter() - t0)
-    teacher.train(was)
+    teacher.train(was).to(memory_format=torch.contiguous_format)
     return sorted(times)[len(times) // 2]
 
 
@@ -88,8 +92,8 @@ def summarize(entries: list[dict]) -> dict:
         groups.setdefault(e["group"], []).append(e)
     shared = 0.0
     for members in groups.values():
-        forward = max((m.get("teacher_forward_s") or 0.0) * m["steps"] for m in members)  # paid once by the group
-        shared += sum(m["seconds"] - (m.get("teacher_forward_s") or 0.0) * m["steps"] for m in members) + forward
+        paid = [min((m.get("teacher_forward_s") or 0.0) * m["steps"], m["seconds"]) for m in members]  # by each run
+        shared += sum(m["seconds"] for m in members) - sum(paid) + max(paid)  # the group pays one of them
     teacher_s = sum(t["seconds"] for t in teachers if not t["stored"])
     seed_style = sum(e["seconds"] for e in todo)
     return {"runs": len(runs), "stored": len(runs) - len(todo), "to_train": len(todo), "groups": len(groups),
