@@ -17,6 +17,8 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check kdcore tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 pages: $(STAMP)  # re-render the published pages from the run store only (never trains)

@@ -47,8 +47,8 @@ from kdcore.cache import TeacherLogitCache  # noqa: E402
 from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
 from kdcore.experiments import git_commit  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
-from kdcore.train import (apply_layout, confusion, cpu_features, metrics_from_confusion,  # noqa: E402
-                          resolve_device, resolve_precision, train_step)
+from kdcore.runtime import cpu_features, resolve_device, resolve_precision  # noqa: E402
+from kdcore.train import apply_layout, confusion, metrics_from_confusion, train_step  # noqa: E402
 
 def cpu_seconds() -> float:
     """User+system CPU of this process and its reaped children (DataLoader workers): robust to other load."""
@@ -230,7 +230,7 @@ def main(argv=None):
     commit = git_commit()  # at the start: the code that runs, not edits made while it runs
     device = resolve_device(a.device)
     a.batch_size = a.batch_size or (256 if device.type == "cuda" else 64)
-    cl = a.channels_last  # fit() then picks NHWC per model (kdcore.train.choose_channels_last); step_times follows it
+    cl = a.channels_last  # fit() then picks NHWC per model (kdcore.runtime.choose_channels_last); step_times follows it
     precision = resolve_precision("auto", device)  # what fit() picks here
     torch.manual_seed(0)
     data_root = Path(os.environ.get("KDCORE_DATA", ROOT.parent / "shared" / "data"))
@@ -345,7 +345,7 @@ def main(argv=None):
     print(f"speed ratio kdcore / seed-style: {speed:.2f}x mean, {best_speed:.2f}x best epoch vs best epoch  "
           f"(target >= 4x at equal or better accuracy, judged on the best-epoch ratio: "
           f"{'met' if best_speed >= 4 and kd_acc >= ref_acc else 'NOT met'})")
-    print(f"warm cache: {warm_best_speed:.2f}x best epoch vs best epoch ({'met' if warm_best_speed >= 4 and warm_acc >= ref_acc else 'NOT met'}"
+    print(f"warm cache: {warm_best_speed:.2f}x best epoch vs best epoch ({'met' if warm_best_speed >= 4 and warm_acc >= ref_acc else 'NOT met'}"  # noqa: E501
           f" for a later logit-KD run at the same seed)")
     if noisy:
         print("WARNING: epoch times varied > 2x within a path: the machine was loaded; trust the best-epoch and "
@@ -378,10 +378,10 @@ def main(argv=None):
                    "kd_loss": res.history["loss_kd"].tolist(),
                    "warm": {"epoch_s": warm_epoch_s, "test_acc": warm_acc, "cache_hit_rate": warm_hit_rate,
                             "kd_loss": warm.history["loss_kd"].tolist()}},
-        "ratios": {"images_per_s": speed, "best_epoch": best_speed, "best_epoch_warm_cache": warm_best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,
+        "ratios": {"images_per_s": speed, "best_epoch": best_speed, "best_epoch_warm_cache": warm_best_speed, "load_noisy": noisy, "accuracy_delta": kd_acc - ref_acc,  # noqa: E501
                    "cpu_time": ref_cpu / kd_cpu,
                    "interleaved_step_seed_over_online": per_img["seed-style"] / per_img["online-KD"],
-                   "interleaved_step_seed_over_cached": per_img["seed-style"] / per_img["cached-KD"], "online_over_cached_step": steps["online-KD"] / steps["cached-KD"],
+                   "interleaved_step_seed_over_cached": per_img["seed-style"] / per_img["cached-KD"], "online_over_cached_step": steps["online-KD"] / steps["cached-KD"],  # noqa: E501
                    "online_over_student_step": steps["online-KD"] / steps["student-only"],
                    "cached_over_student_step": cached_over_student},
         "step_time_s": {"batch_size": a.batch_size, "steps": a.steps, **steps},

@@ -31,7 +31,7 @@ from kdcore.cache import clear_shared_caches  # noqa: E402
 from kdcore.data import atomic_write_text  # noqa: E402
 from kdcore.evaluate import evaluate  # noqa: E402
 from kdcore.group import fit_group  # noqa: E402
-from kdcore.train import cpu_features, resolve_device  # noqa: E402
+from kdcore.runtime import cpu_features, resolve_device  # noqa: E402
 
 
 def students(ctx, teacher, methods: list[str]) -> list:

@@ -1,10 +1,11 @@
 """Run a profile's report on one GPU with many runs at once: every cacheable run of the chosen notebooks is
 trained in its own process, N at a time, and each notebook's `kdcore report` starts as soon as its runs are in
-the run cache (checkpoints/runs/), so its page is rendered from the cache.
+the run store, so its page is rendered from the store.
 
 Why: a 95k-parameter student at batch 128 uses little of an H100, so N runs share it (on the H100, 10 at once
-took 51-105 s per 30-epoch run: results/probes/h100-full-01-02/). The runs are exactly the notebooks' own: the calls below mirror the notebooks' cells with one
-seed per process, and hit the same cache keys (a notebook re-trains anything they missed, only slower).
+took 51-105 s per 30-epoch run: results/probes/h100-full-01-02/). The runs are exactly the notebooks' own: the
+calls (kdcore.cotrain's mirror of the notebooks' cells) run with one seed per process, and hit the same store keys
+(a notebook re-trains anything they missed, only slower).
 s/run in the pages is the wall time of a run that shared the GPU with the others.
 
     python benchmarks/parallel_report.py --profile full --notebooks 01 02 03 04 05 --jobs 12 --deadline 480

@@ -26,7 +26,7 @@ from kdcore.data import atomic_write_text  # noqa: E402
 from kdcore.evaluate import classification_metrics  # noqa: E402
 from kdcore.experiments import git_commit, resolve_data_root  # noqa: E402
 from kdcore.models import count_parameters  # noqa: E402
-from kdcore.train import cpu_features, seed_everything  # noqa: E402
+from kdcore.runtime import cpu_features, seed_everything  # noqa: E402
 
 
 def main(argv=None) -> dict:

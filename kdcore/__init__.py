@@ -12,7 +12,8 @@ from .distill import Distiller, make_distiller
 from .errors import (CheckpointError, ConfigError, DataNotFoundError, KDError, NonFiniteLossError,
                      PretrainedUnavailableError)
 from .models import FeatureHooks, create_model, list_models
-from .train import FitResult, TrainConfig, fit, seed_everything
+from .runtime import seed_everything
+from .train import FitResult, TrainConfig, fit
 
 __version__ = "0.1.0"
 __all__ = ["DataBundle", "DeviceLoader", "load_dataset", "Distiller", "make_distiller", "CheckpointError", "ConfigError",

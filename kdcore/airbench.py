@@ -42,6 +42,7 @@ from torch import nn
 
 from .data import DataBundle, DeviceLoader, Split, apply_views, atomic_save
 from .errors import ConfigError, unknown_name
+from .runtime import PRECISIONS, choose_channels_last, cpu_features, resolve_device, resolve_precision
 
 # airbench94's hyper-parameters (hyp in airbench94.py), in its decoupled form
 LR = 11.5  # per 1024 examples; loss is summed over the batch
@@ -55,7 +56,6 @@ LOOKAHEAD_EVERY = 5  # steps
 EPOCHS = 9.9
 BATCH_SIZE = 1024
 WHITEN_IMAGES = 5000  # training images whose patches set the whitening
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # TTA views (airbench tta_level=2): (mirrored, window offset in both axes, weight). Offset -1 crops the
 # window one pixel up-left of a 1-pixel zero-padded image (its content moves down-right), +1 down-right.
@@ -203,9 +203,8 @@ def _optimizer(model: AirbenchNet, batch_size: int) -> torch.optim.SGD:
 
 
 def _resolve(device: str, precision: str) -> tuple[torch.device, str, bool]:
-    """The device, "fp32" or "bf16" (kdcore.train's rule: bf16 on CUDA, and on CPUs with AMX), and whether the
-    CPU has AMX tiles. Imported here, not at the top: kdcore.train imports the model registry, which imports us."""
-    from .train import cpu_features, resolve_device, resolve_precision
+    """The device, "fp32" or "bf16" (runtime.resolve_precision, fit()'s rule: bf16 on CUDA, and on CPUs with AMX),
+    and whether the CPU has AMX tiles."""
 
     if precision not in PRECISIONS:
         raise unknown_name("precision", precision, PRECISIONS)
@@ -214,8 +213,7 @@ def _resolve(device: str, precision: str) -> tuple[torch.device, str, bool]:
 
 
 def _channels_last(model: nn.Module, data: DataBundle, device: torch.device) -> bool:
-    """kdcore.train.choose_channels_last on 64 training images: NHWC on CUDA, on a CPU where it measures faster."""
-    from .train import choose_channels_last
+    """runtime.choose_channels_last on 64 training images: NHWC on CUDA, on a CPU where it measures faster."""
 
     sample = next(iter(DeviceLoader(data.train, data, min(64, len(data.train)), device=device))).images
     return choose_channels_last(model, sample, device, train=True)

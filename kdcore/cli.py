@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     from .evaluate import evaluate
     from .models import create_model
     from .experiments import git_commit
-    from .train import TrainConfig, _dist, cpu_features, fit
+    from .runtime import cpu_features
+    from .train import TrainConfig, _dist, fit
 
     commit = git_commit()  # the code this run starts with
     if parse_method(args.method) and not args.teacher:  # (an unknown method name is refused first)

@@ -324,7 +324,7 @@ def _eurosat(root: Path, download: bool) -> tuple[Split, str]:
     """All 27,000 EuroSAT RGB images (torchvision layout eurosat/2750/<Class>/*.jpg or its tarball)."""
     for folder in (root / "eurosat" / "2750", root / "2750"):
         if folder.is_dir():
-            return _cached(f"eurosat-folder-{_source_key(folder)}", lambda: _decode_folder(folder, (64, 64), 3)[1]), f"image folder {folder}"
+            return _cached(f"eurosat-folder-{_source_key(folder)}", lambda: _decode_folder(folder, (64, 64), 3)[1]), f"image folder {folder}"  # noqa: E501
     tar = root / "eurosat-rgb.tar.gz"
     if tar.is_file():
         build = lambda: _decode_tar(tar, {"eurosat/2750": "all"}, (64, 64), 3)["all"][1]  # noqa: E731

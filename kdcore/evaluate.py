@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .data import DataBundle, DeviceLoader
 from .models import count_parameters
-from .train import resolve_device
+from .runtime import resolve_device
 
 
 @torch.no_grad()

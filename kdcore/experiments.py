@@ -46,7 +46,8 @@ from .models import count_parameters, create_model
 from .plan import planning
 from .store import config_hash as _hash, jsonable as _jsonable
 from .store import STUDENT_WEIGHTS_MB, TEACHER_WEIGHTS_MB, RunStore, small_weights, store_key, weights_hash
-from .train import TrainConfig, cpu_features, fit, resolve_device, seed_everything
+from .runtime import cpu_features, resolve_device, seed_everything
+from .train import TrainConfig, fit
 
 REPO_ROOT = _profiles.REPO_ROOT  # relative paths in parameters are taken from here, wherever the kernel runs
 TEACHER_TRAININGS = 0  # how many teachers this process trained (tests check reuse with it)

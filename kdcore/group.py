@@ -28,10 +28,10 @@ from .data import DataBundle, DeviceLoader, atomic_save, atomic_write_text
 from .distill import Distiller
 from .errors import ConfigError
 from .models import FeatureHooks
+from .runtime import resolve_device, resolve_precision, seed_everything
 from .train import (FitResult, TrainConfig, _check_finite, _dist, _make_optimizer, _make_scheduler, _resume_state,
                     _rng_state, _set_rng_state, apply_layout, choose_layout, confusion, load_checkpoint,
-                    metrics_from_confusion,
-                    resolve_device, resolve_precision, seed_everything)
+                    metrics_from_confusion)
 
 
 @dataclass

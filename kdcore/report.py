@@ -555,7 +555,8 @@ tr.not-run td{{color:#888}}</style>
 <p>Student test accuracy and macro-F1 as mean ± std over seeds (n). Δ is the mean gain over the notebook's baseline
 student (same architecture, same seeds) with its paired 95 % t interval; “significant” means the paired t-test's
 p-value, Holm-adjusted over the rows of the notebook's table (p (Holm)), is below 0.05, which keeps the chance of any
-false “significant” in that table at 5 % (– with one seed, or for another architecture). Checkpoints were chosen on the validation split; the test split was
+false “significant” in that table at 5 % (– with one seed, or for another architecture). Checkpoints were chosen on the
+validation split; the test split was
 used once per run. Latency: CPU, batch 1, median of interleaved repeats, with the thread count used.</p>
 <table><tr>{header}</tr>{board_html}</table>
 <h2>Scaling</h2><ul>{scaling}</ul>
@@ -657,7 +658,7 @@ def run_plan(plan: Plan) -> int:
 
     from . import plan as cost
     from .experiments import git_commit
-    from .train import cpu_features, resolve_precision
+    from .runtime import cpu_features, resolve_precision
 
     stage_root = Path(tempfile.mkdtemp(prefix=f".{plan.profile}.plan-", dir=plan.out))
     entries, failed = [], []

@@ -27,7 +27,8 @@ def golden_run() -> dict:
 
     from kdcore import create_model, load_dataset, make_distiller
     from kdcore.store import RECIPE_VERSION, weights_hash
-    from kdcore.train import cpu_features, fit, seed_everything
+    from kdcore.runtime import cpu_features, seed_everything
+    from kdcore.train import fit
 
     torch.set_num_threads(1)
     data = load_dataset("synthetic", synthetic=dict(train_size=256, val_size=64, test_size=64))

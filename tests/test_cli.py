@@ -50,9 +50,9 @@ def _one_error_line(err: str) -> str:
     (["train", "--dataset", "synthetic"], "the following arguments are required: --student"),
     (["train", "--dataset", "synthetic", "--student", "student_light", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
     (["train", "--dataset", "synthetic", "--student", "student_light", "--pairing", "sideways"], "--pairing: invalid choice"),
-    (["train", "--dataset", "synthetic", "--student", "student_light", "--method", "kd"], "--method kd distils from a teacher: pass --teacher NAME"),
+    (["train", "--dataset", "synthetic", "--student", "student_light", "--method", "kd"], "--method kd distils from a teacher: pass --teacher NAME"),  # noqa: E501
     (["report", "--bogus"], "unrecognized arguments: --bogus (see kdcore report --help)"),
-    (["report", "--profile", "smoke", "--notebooks", "02", "--param", "temperature=abc"], "--param temperature=abc: temperature takes float"),
+    (["report", "--profile", "smoke", "--notebooks", "02", "--param", "temperature=abc"], "--param temperature=abc: temperature takes float"),  # noqa: E501
     (["report", "--profile", "smoke", "--notebooks", "09"], "Unknown notebook '09'"),
 ])
 def test_errors_are_one_line_exit_2(capsys, argv, expected):

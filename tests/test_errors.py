@@ -44,7 +44,7 @@ def _set(args, flag, value):
 
 
 @pytest.mark.parametrize("flag, value, expected", [
-    ("--dataset", "cifar100", "Unknown dataset 'cifar100'. Did you mean 'cifar10'? Valid dataset names: cifar10, eurosat, imagefolder, synthetic"),
+    ("--dataset", "cifar100", "Unknown dataset 'cifar100'. Did you mean 'cifar10'? Valid dataset names: cifar10, eurosat, imagefolder, synthetic"),  # noqa: E501
     ("--student", "resnet9", "Unknown model 'resnet9'"),
     ("--method", "kdd", "Unknown method 'kdd'. Did you mean 'kd'"),
     ("--optimizer", "adam", "Did you mean 'adamw'"),

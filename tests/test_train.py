@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdcore import create_model, fit, load_dataset, make_distiller, train
+from kdcore import create_model, fit, load_dataset, make_distiller, runtime, train
 from kdcore.data import DeviceLoader
 from kdcore.errors import ConfigError
 from kdcore.evaluate import classification_metrics, efficiency, evaluate
-from kdcore.train import TrainConfig, cpu_features, metrics_from_confusion, resolve_precision, train_epoch, train_step
+from kdcore.runtime import cpu_features, resolve_precision
+from kdcore.train import TrainConfig, metrics_from_confusion, train_epoch, train_step
 
 FAST = dict(epochs=3, batch_size=64, lr=0.05, device="cpu")
 
@@ -71,14 +72,14 @@ def test_auto_precision_takes_bf16_only_where_it_pays(monkeypatch):
     def no_probe():
         raise AssertionError("probed a CPU without AMX")
 
-    monkeypatch.setattr(train, "bf16_speedup", no_probe)
-    monkeypatch.setattr(train, "cpu_features", features(False))
+    monkeypatch.setattr(runtime, "bf16_speedup", no_probe)
+    monkeypatch.setattr(runtime, "cpu_features", features(False))
     assert resolve_precision("auto", cpu) == "fp32"  # AVX512-BF16 without AMX, like this Zen4 machine
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(train, "cpu_features", features(True))
+    monkeypatch.setattr(runtime, "cpu_features", features(True))
     assert resolve_precision("auto", cpu, probe=False) == "bf16"  # deterministic runs: no timing
     for speedup, want in ((2.5, "bf16"), (1.05, "fp32")):
-        monkeypatch.setattr(train, "bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(runtime, "bf16_speedup", lambda: speedup)
         assert resolve_precision("auto", cpu) == want
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
@@ -97,8 +98,8 @@ def test_fit_trains_in_and_records_the_precision_auto_chose(data, monkeypatch, a
         assert speedup is not None, "a deterministic run timed the bf16 probe"
         return speedup
 
-    monkeypatch.setattr(train, "cpu_features", lambda: {"model name": "test", "amx": amx, "avx512_bf16": True})
-    monkeypatch.setattr(train, "bf16_speedup", probe)
+    monkeypatch.setattr(runtime, "cpu_features", lambda: {"model name": "test", "amx": amx, "avx512_bf16": True})
+    monkeypatch.setattr(runtime, "bf16_speedup", probe)
     seen, real_epoch = [], train.train_epoch
     monkeypatch.setattr(train, "train_epoch", lambda *a, bf16, **kw: seen.append(bf16) or real_epoch(*a, bf16=bf16, **kw))
     run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=1, deterministic=deterministic)
@@ -113,17 +114,17 @@ def test_cpu_features_names_what_decides_bf16():
 
 def test_channels_last_only_for_convs_at_least_16_wide():
     """benchmarks/repro_channels_last_cpu.py: oneDNN broke at width 8 in NHWC on CPU; 16 and 32 ran clean."""
-    assert not train.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=8))
-    assert train.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=16))
-    assert train.channels_last_safe(create_model("airbench_small", num_classes=10))  # 3-channel input conv allowed
-    assert not train.channels_last_safe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))  # no convs
+    assert not runtime.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=8))
+    assert runtime.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=16))
+    assert runtime.channels_last_safe(create_model("airbench_small", num_classes=10))  # 3-channel input conv allowed
+    assert not runtime.channels_last_safe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))  # no convs
 
 
 def test_channels_last_probe_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     model = create_model("tiny_resnet", num_classes=10, width=16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    speedup = train.channels_last_speedup(model, torch.randn(8, 3, 32, 32), train=True)
+    speedup = runtime.channels_last_speedup(model, torch.randn(8, 3, 32, 32), train=True)
     assert np.isfinite(speedup) and speedup > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
     assert all(p.grad is None for p in model.parameters())
@@ -137,17 +138,17 @@ def test_channels_last_choice_on_cpu_follows_safety_and_the_probe(monkeypatch):
     def no_probe(*args, **kwargs):
         raise AssertionError("timed a model that must not be timed")
 
-    monkeypatch.setattr(train, "channels_last_speedup", no_probe)
+    monkeypatch.setattr(runtime, "channels_last_speedup", no_probe)
     monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
-    assert not train.choose_channels_last(narrow, x, cpu, train=True)  # unsafe: never timed
-    assert not train.choose_channels_last(wide, x, cpu, train=True, probe=False)  # deterministic: no timing
-    assert train.choose_channels_last(narrow, x, torch.device("cuda"), train=True)  # CUDA: always
+    assert not runtime.choose_channels_last(narrow, x, cpu, train=True)  # unsafe: never timed
+    assert not runtime.choose_channels_last(wide, x, cpu, train=True, probe=False)  # deterministic: no timing
+    assert runtime.choose_channels_last(narrow, x, torch.device("cuda"), train=True)  # CUDA: always
     for speedup, want in ((1.4, True), (1.05, False)):
         monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
-        monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: speedup)
-        assert train.choose_channels_last(wide, x, cpu, train=False) is want
-        monkeypatch.setattr(train, "channels_last_speedup", no_probe)  # the same net again: decided, not timed
-        assert train.choose_channels_last(create_model("tiny_resnet", num_classes=10, width=16), x, cpu,
+        monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: speedup)
+        assert runtime.choose_channels_last(wide, x, cpu, train=False) is want
+        monkeypatch.setattr(runtime, "channels_last_speedup", no_probe)  # the same net again: decided, not timed
+        assert runtime.choose_channels_last(create_model("tiny_resnet", num_classes=10, width=16), x, cpu,
                                           train=False) is want
 
 
@@ -158,7 +159,7 @@ def test_fit_runs_nhwc_on_cpu_where_the_probe_pays_and_keeps_it_on_resume(data, 
     with torch.no_grad():
         want = teacher(x)
     monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
-    monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: 2.0)
+    monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: 2.0)
     student = create_model("tiny_resnet", num_classes=10, width=16)
     run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=2, out_dir=tmp_path)
     result = fit(make_distiller("kd", student, teacher), data, **run)
@@ -168,7 +169,7 @@ def test_fit_runs_nhwc_on_cpu_where_the_probe_pays_and_keeps_it_on_resume(data, 
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)  # NHWC weights
     with torch.no_grad():
         torch.testing.assert_close(teacher(x), want, atol=1e-4, rtol=1e-4)  # same function in the other layout
-    monkeypatch.setattr(train, "channels_last_speedup", lambda *a, **k: 0.5)  # would now say NCHW...
+    monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: 0.5)  # would now say NCHW...
     resumed = fit(make_distiller("kd", create_model("tiny_resnet", num_classes=10, width=16), teacher), data, **run)
     assert resumed.resumed_from == 1 and resumed.channels_last == result.channels_last  # ...but a resume keeps NHWC
     monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})  # a fresh process would time it again
