@@ -328,6 +328,17 @@ def render_html(ipynb: Path, html_path: Path, show_code: bool) -> None:
     atomic_write_text(body, html_path)
 
 
+def write_failure_page(html_path: Path, nb: str, err: BaseException) -> None:
+    """A plain page with the rendering error and its traceback, where the notebook's page could not be made."""
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    atomic_write_text(f"<!doctype html><meta charset='utf-8'><title>{html.escape(nb)}: page failed</title>"
+                      f"<h1>{html.escape(nb)}: the notebook ran, its page failed to render</h1>"
+                      f"<p>Its results are in {html.escape(nb)}.ipynb and {html.escape(nb)}.json.</p>"
+                      f"<pre>{html.escape(trace)}</pre>\n", html_path)
+
+
 def mathjax_source() -> Path | None:
     """MathJax as shipped by the django-static-mathjax wheel (plain static files, no Django needed), if installed."""
     import importlib.util
@@ -352,8 +363,10 @@ def run_notebook(nb: str, params: dict, out_dir: Path, show_code: bool) -> dict:
     if ipynb.exists():
         try:
             render_html(ipynb, out_dir / f"{nb}.html", show_code)
-        except Exception as err:
-            status.update(status="failed", error=status["error"] or f"HTML rendering: {_last_line(err)}")
+        except Exception as err:  # the page says why, and is published as <nb>.failed.html
+            first = (str(err).strip().splitlines() or [""])[0]
+            status.update(status="failed", error=status["error"] or f"HTML rendering: {type(err).__name__}: {first}"[:400])
+            write_failure_page(out_dir / f"{nb}.html", nb, err)
     elif status["status"] == "ok":
         status.update(status="failed", error="papermill wrote no output notebook")
     if status["status"] == "ok" and not (out_dir / f"{nb}.json").exists():

@@ -189,6 +189,25 @@ def test_results_of_a_notebook_that_ran_are_published_when_only_its_page_failed(
     assert "FAILED in their latest run: 02_logits" in index and "HTML rendering: ValueError: no template" in index
 
 
+def test_a_page_that_fails_to_render_keeps_its_first_line_and_gets_a_failed_page(tmp_path, monkeypatch):
+    def execute(nb, ipynb, params):  # the notebook ran to the end
+        ipynb.write_text("{}")
+        (ipynb.parent / f"{nb}.json").write_text(json.dumps(_results(nb)))
+
+    def render_html(ipynb, html_path, show_code):
+        raise ValueError("template kdcore.html.j2 is missing\nwhile rendering cell 3")
+
+    monkeypatch.setattr(report, "execute", execute)
+    monkeypatch.setattr(report, "render_html", render_html)
+    status = report.run_notebook("02_logits", {}, tmp_path, False)
+    assert status["status"] == "failed" and status["error"] == "HTML rendering: ValueError: template kdcore.html.j2 is missing"
+    page = (tmp_path / "02_logits.html").read_text()
+    assert "while rendering cell 3" in page and "Traceback" in page  # published as 02_logits.failed.html
+    report.publish(tmp_path, tmp_path / "published", [status])
+    assert (tmp_path / "published" / "02_logits.failed.html").exists()
+    assert not (tmp_path / "published" / "02_logits.html").exists()
+
+
 def test_index_and_leaderboard_tables_are_formatted(tmp_path):
     folder = _published(tmp_path)
     report.write_index(folder, "smoke", [], 1.0)
