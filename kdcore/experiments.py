@@ -742,21 +742,32 @@ def notebook_params(notebook: str, namespace: dict | None = None, **overrides) -
     return params, set_by
 
 
+def _shown_path(path) -> str:
+    """A path as a reader of the page can use it: relative to the repository when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _param_lines(params: dict, set_by: dict, from_profile: dict, defaults: dict, profile: str) -> str:
     """`name = value  # who set it, and the values it replaced`, explicit first: exact, and pastes into a cell."""
     rows = []
-    for kind in ("explicit", f"profile {profile}", "notebook"):
+    for kind in ("explicit", f"profile {profile}"):
         for k, v in params.items():
-            if set_by[k] != kind:
-                continue
+            if set_by[k] != kind or (k == "results_dir" and os.environ.get("KDCORE_PUBLISHED_DIR")):
+                continue  # the report's stage folder is no parameter a reader set
             note = [kind]
             if kind == "explicit" and from_profile[k] not in (v, defaults[k]):
                 note.append(f"profile {profile}: {from_profile[k]!r}")
             if defaults[k] != v:
                 note.append(f"notebook: {defaults[k]!r}")
             rows.append((f"{k} = {v!r}", "; ".join(note)))
-    width = min(48, max(len(code) for code, _ in rows))
-    return "\n".join(f"{code:<{width}}  # {note}" for code, note in rows)
+    width = min(48, max((len(code) for code, _ in rows), default=0))
+    at_defaults = sum(kind == "notebook" for kind in set_by.values())
+    return "\n".join([f"{code:<{width}}  # {note}" for code, note in rows] +
+                     [f"# and {at_defaults} parameters at the notebook's defaults (its parameters cell)"])
 
 
 def setup(notebook: str, namespace: dict | None = None, **overrides) -> Context:
@@ -782,9 +793,11 @@ def setup(notebook: str, namespace: dict | None = None, **overrides) -> Context:
     print(f"{notebook} · profile {profile} · commit {git_commit()} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"scaling ({profile}): {scaling}")
     print(f"data: {data.describe()}")
-    print(f"writes {Path(params['results_dir']) / profile / notebook}.json; run store {params['store_dir']}; "
-          f"checkpoints in {params['checkpoint_dir']}")
-    print(f"parameters (explicit: papermill -p, --param or edited here; profile {profile}: profiles/{profile}.yaml):")
+    results = Path(os.environ.get("KDCORE_PUBLISHED_DIR") or params["results_dir"])
+    print(f"writes {_shown_path(results / profile / notebook)}.json; run store {_shown_path(params['store_dir'])}; "
+          f"checkpoints in {_shown_path(params['checkpoint_dir'])}")
+    print(f"parameters that differ from the notebook's (explicit: papermill -p, --param or edited here; profile "
+          f"{profile}: profiles/{profile}.yaml):")
     print(lines)
     ctx = Context(notebook, params, data)
     ctx.extra["provenance"] = {"scaling": scaling, "set_by": {k: v for k, v in set_by.items() if v != "notebook"}}

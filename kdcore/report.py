@@ -44,6 +44,7 @@ from .errors import ConfigError, unknown_name
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 SET_BY_REPORT = {"profile": "--profile", "results_dir": "--out"}  # parameters the report sets itself
+PUBLISHED_ENV = "KDCORE_PUBLISHED_DIR"  # the report's --out, for the kernels (they write into a stage folder)
 # Lines of the kernel's stdout shown while a notebook runs (what kdcore.train and kdcore.experiments print).
 PROGRESS_LINE = re.compile(r"^(epoch +\d+/\d+ |teacher \S+: (training|test accuracy)|.+ seed \d+: test_acc=)")
 MATHJAX = "tex-svg-full.js"  # MathJax 3, one self-contained file (SVG glyphs, no web fonts), from django-static-mathjax
@@ -472,12 +473,19 @@ def _gain(r: dict) -> str:
     return f"{r['delta_acc']:+.4f} [{r['delta_ci_low']:+.4f}, {r['delta_ci_high']:+.4f}]"
 
 
+def _teacher_cell(r: dict) -> str:
+    """The teacher's test accuracy, flagged when it is below the student it taught (nothing to distil then)."""
+    text = cell(r["teacher_acc"], ".4f")
+    weaker = not _missing(r["teacher_acc"]) and not _missing(r["acc_mean"]) and r["teacher_acc"] < r["acc_mean"]
+    return f"{text} (below the student)" if weaker else text
+
+
 def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
     """The leaderboard as strings: 4-digit accuracies, yes/no, '–' for what is missing."""
     return [{"notebook": r["notebook"], "method": r["method"], "test acc": r["test_acc"], "macro-F1": r["macro_f1"],
              "Δ acc vs baseline [95 % CI]": _gain(r), "p (Holm)": cell(r.get("p_holm"), ".3f"),
              "significant": "–" if r["is_baseline"] else cell(r["significant"]),
-             "teacher acc": cell(r["teacher_acc"], ".4f"), "params": cell(r["params"], ",.0f"),
+             "teacher acc": _teacher_cell(r), "params": cell(r["params"], ",.0f"),
              "MB": cell(r["size_mb"], ".3f"), "latency ms": cell(r["latency_ms"], ".2f"),
              "threads": cell(r["threads"], ".0f"), "s/run": cell(r["seconds_per_run"], ".1f")}
             for r in board.astype(object).to_dict("records")]
@@ -624,6 +632,7 @@ def run(plan: Plan) -> int:
     stage, n, t0 = stage_root / plan.profile, len(plan.notebooks), time.perf_counter()
     total = sum(previous.get(nb, 0) for nb in plan.notebooks) if set(plan.notebooks) <= set(previous) else None
     statuses = []
+    os.environ[PUBLISHED_ENV] = str(plan.out)  # what the pages name as their folder, not the stage they run in
     try:
         ensure_kernelspec()
         print(f"kdcore report: profile {plan.profile}, {n} notebook{'s' * (n > 1)} -> {_shown(published)}/ "
@@ -647,6 +656,7 @@ def run(plan: Plan) -> int:
         return 130
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
+        os.environ.pop(PUBLISHED_ENV, None)
     failed = [s["notebook"] for s in statuses if s["status"] != "ok"]
     print(f"published {_shown(index)} ({_clock(time.perf_counter() - t0)}; {_store_counts(statuses)})", flush=True)
     if failed:

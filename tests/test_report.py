@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -324,3 +325,13 @@ def test_only_the_closed_socket_shutdown_race_is_dropped_from_tornados_log():
     assert not report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.ENOTSOCK)))
     assert report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.EAGAIN)))
     assert report._drop_closed_socket_callbacks(record(ValueError("a real error")))
+
+
+def test_a_teacher_weaker_than_its_student_is_flagged_on_the_board():
+    board = pd.DataFrame([{"notebook": "06_efficientvit", "method": m, "is_baseline": m == "baseline", "test_acc": "x",
+                           "macro_f1": "x", "acc_mean": acc, "delta_acc": 0.0, "delta_ci_low": None, "delta_ci_high": None,
+                           "significant": None, "p_holm": None, "teacher_acc": 0.11, "params": 1, "size_mb": 1.0,
+                           "latency_ms": 1.0, "threads": 1, "seconds_per_run": 1.0} for m, acc in
+                          (("baseline", 0.30), ("kd", 0.10))])
+    cells = [r["teacher acc"] for r in report.display_rows(board)]
+    assert cells == ["0.1100 (below the student)", "0.1100"]
