@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from . import airbench
-from . import pending, plan
+from . import conclusions, pending, plan
 from . import profiles as _profiles
 from . import stats
 from .data import DataBundle, atomic_save, atomic_write_text, default_root, load_dataset
@@ -631,6 +631,18 @@ class Context:
         if table.empty:
             return table
         return table.pivot(index="temperature", columns="alpha", values="val_acc").round(4)
+
+    def conclusion(self, baseline: str = "baseline"):
+        """This run's closing paragraph, written from its own table (kdcore.conclusions), as Markdown; the text
+        also goes into the results JSON (`conclusion`)."""
+        from IPython.display import Markdown
+
+        runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
+        t = self.teacher_result
+        text = conclusions.conclude(summarize_runs(runs, baseline if baseline in self.results else None), baseline,
+                                    (t.name, t.test_acc) if t is not None else None)
+        self.extra["conclusion"] = text
+        return Markdown(text)
 
     def best_and_worst(self, labels) -> tuple[str, str]:
         """Labels of the runs with the highest and the lowest mean VALIDATION accuracy among `labels`."""

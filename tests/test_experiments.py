@@ -237,3 +237,23 @@ def test_significant_follows_holm_over_the_table_and_the_raw_verdict_stays_besid
     assert s.loc["B", "p_holm"] == pytest.approx(2 * s.loc["B", "p_value"]) and s.loc["B", "significant"] is False
     assert s.loc["A", "p_holm"] == pytest.approx(3 * s.loc["A", "p_value"]) and s.loc["A", "significant"] is True
     assert s.loc["C", "significant"] is False and s.loc["baseline", "significant"] is None
+
+
+def test_the_conclusion_is_written_from_the_table():
+    """Gains, losses and level rows come from the numbers (Holm over the table), and the teacher gap too."""
+    from kdcore.conclusions import conclude
+
+    base = [0.80, 0.81, 0.82]
+    gains = {"up": [0.010, 0.011, 0.012], "down": [-0.020, -0.021, -0.022], "flat": [-0.01, 0.0, 0.01]}
+    rows = [{"method": "baseline", "seed": s, "test_acc": a, "test_f1": a, "precision": a, "recall": a, "val_acc": a,
+             "seconds": 1.0} for s, a in enumerate(base)]
+    rows += [{"method": m, "seed": s, "test_acc": base[s] + d, "test_f1": base[s] + d, "precision": 0.0, "recall": 0.0,
+              "val_acc": base[s] + d, "seconds": 1.0} for m, ds in gains.items() for s, d in enumerate(ds)]
+    text = conclude(ex.summarize_runs(pd.DataFrame(rows)), teacher=("airbench", 0.79))
+    assert "The student alone reaches 0.8100 test accuracy (mean of 3 seeds)." in text
+    assert "The teacher (`airbench`, 0.7900) is 2.00 points below it; a teacher below its student" in text
+    assert "Significant gains over it" in text and "`up` +1.10 points [" in text
+    assert "Significant losses: `down` -2.10 points [" in text and "No significant change: `flat` +0.00 points" in text
+    assert "On validation the best method is `up` (0.8210)." in text
+    rows = [r for r in rows if r["method"] != "up"]
+    assert "No method beat the student alone significantly" in conclude(ex.summarize_runs(pd.DataFrame(rows)))
