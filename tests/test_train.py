@@ -139,12 +139,12 @@ def test_channels_last_choice_on_cpu_follows_safety_and_the_probe(monkeypatch):
         raise AssertionError("timed a model that must not be timed")
 
     monkeypatch.setattr(runtime, "channels_last_speedup", no_probe)
-    monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
+    monkeypatch.setattr(runtime, "_LAYOUT_CHOICES", {})
     assert not runtime.choose_channels_last(narrow, x, cpu, train=True)  # unsafe: never timed
     assert not runtime.choose_channels_last(wide, x, cpu, train=True, probe=False)  # deterministic: no timing
     assert runtime.choose_channels_last(narrow, x, torch.device("cuda"), train=True)  # CUDA: always
     for speedup, want in ((1.4, True), (1.05, False)):
-        monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
+        monkeypatch.setattr(runtime, "_LAYOUT_CHOICES", {})
         monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: speedup)
         assert runtime.choose_channels_last(wide, x, cpu, train=False) is want
         monkeypatch.setattr(runtime, "channels_last_speedup", no_probe)  # the same net again: decided, not timed
@@ -158,7 +158,7 @@ def test_fit_runs_nhwc_on_cpu_where_the_probe_pays_and_keeps_it_on_resume(data, 
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
         want = teacher(x)
-    monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})
+    monkeypatch.setattr(runtime, "_LAYOUT_CHOICES", {})
     monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: 2.0)
     student = create_model("tiny_resnet", num_classes=10, width=16)
     run = dict(epochs=1, batch_size=64, device="cpu", max_steps_per_epoch=2, out_dir=tmp_path)
@@ -172,7 +172,7 @@ def test_fit_runs_nhwc_on_cpu_where_the_probe_pays_and_keeps_it_on_resume(data, 
     monkeypatch.setattr(runtime, "channels_last_speedup", lambda *a, **k: 0.5)  # would now say NCHW...
     resumed = fit(make_distiller("kd", create_model("tiny_resnet", num_classes=10, width=16), teacher), data, **run)
     assert resumed.resumed_from == 1 and resumed.channels_last == result.channels_last  # ...but a resume keeps NHWC
-    monkeypatch.setattr(train, "_LAYOUT_CHOICES", {})  # a fresh process would time it again
+    monkeypatch.setattr(runtime, "_LAYOUT_CHOICES", {})  # a fresh process would time it again
     assert fit(create_model("tiny_resnet", num_classes=10, width=16), data, epochs=1, batch_size=64, device="cpu",
                max_steps_per_epoch=1).channels_last == {"student": False, "teacher": False}
 
