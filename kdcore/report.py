@@ -40,6 +40,7 @@ import pandas as pd
 from . import profiles as _profiles
 from .data import atomic_write_text
 from .errors import ConfigError, unknown_name
+from .findings import findings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -549,6 +550,8 @@ def write_index(folder: Path, profile: str, this_run: list[dict], seconds: float
         f"<td>{link(r['failed_page'], r['status'])}</td><td>{cell(r['this_run'])}</td><td>{e(cell(r['results_from']))}</td>"
         f"<td>{cell(r['seconds'], '.0f')}</td><td>{e(cell(r['device']))}</td><td>{e(r['error'])}</td></tr>"
         for r in nb_rows)
+    findings_html = "".join(f"<tr class='{e(f['status'].replace(' ', '-'))}'>" + "".join(
+        f"<td>{e(f[k])}</td>" for k in ("claim", "seed", "goal", "ours", "status")) + "</tr>" for f in findings(results))
     shown = display_rows(board)
     header = "".join(f"<th>{e(c)}</th>" for c in (shown[0] if shown else ["notebook"]))
     board_html = "".join(
@@ -569,6 +572,10 @@ tr.not-run td{{color:#888}}</style>
 <h1>kdcore report — profile <code>{e(profile)}</code></h1>
 <p><b>{'FAILED in their latest run: ' + e(', '.join(failed)) if failed else 'Every notebook with results ran successfully.'}</b></p>
 <p>This run: {e(ran)} ({seconds:.0f} s). Other rows are from earlier runs, as their “results from” column says.</p>
+<h2>Findings</h2>
+<p>The claims of the reports kdcore grew from, at this profile's scale (see Scaling below): their number, ours from
+the notebooks' results (paired 95 % interval of a gain over the student alone), and whether our goal is met.</p>
+<table><tr><th>claim</th><th>seed report</th><th>goal</th><th>ours</th><th>status</th></tr>{findings_html}</table>
 <h2>Notebooks</h2>
 <table><tr><th>notebook</th><th>latest run</th><th>in this run</th><th>results from</th><th>seconds</th><th>device</th>
 <th>error (last line)</th></tr>{status_html}</table>

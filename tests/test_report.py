@@ -335,3 +335,26 @@ def test_a_teacher_weaker_than_its_student_is_flagged_on_the_board():
                           (("baseline", 0.30), ("kd", 0.10))])
     cells = [r["teacher acc"] for r in report.display_rows(board)]
     assert cells == ["0.1100 (below the student)", "0.1100"]
+
+
+def test_findings_are_computed_from_the_results_and_say_met_missed_or_not_run():
+    from kdcore.findings import findings
+
+    def metric(method, acc, val, **kw):
+        return {"method": method, "test_acc_mean": acc, "val_acc_mean": val, "test_f1_mean": acc - 0.001,
+                "delta_acc": kw.get("delta", 0.0), "delta_ci_low": kw.get("lo"), "delta_ci_high": kw.get("hi"),
+                "significant": kw.get("sig"), "params": kw.get("params", 89_397), "is_baseline": method == "baseline"}
+
+    results = {"07_eurosat": {"metrics": [
+        metric("baseline", 0.940, 0.94), metric("kd", 0.955, 0.95, delta=0.015, lo=0.01, hi=0.02, sig=True),
+        metric("simplenet (kd)", 0.95, 0.90), metric("student_light (kd)", 0.92, 0.93)]},
+        "02_logits": {"metrics": [metric("baseline", 0.83, 0.83, params=98_840),
+                                  metric("kd", 0.851, 0.84, params=98_840, delta=0.02, lo=0.01, hi=0.03, sig=True),
+                                  metric("big", 0.9, 0.9, params=200_000)]}}
+    rows = {r["claim"].split(",")[0]: r for r in findings(results)}
+    eurosat, five = rows["EuroSAT SmallMyNet (89"], rows["EuroSAT"]
+    assert eurosat["status"] == "met" and eurosat["ours"] == "0.9400 → 0.9550, gain +0.0150 [+0.0100, +0.0200]"
+    assert five["status"] == "missed" and five["ours"].startswith("0.9200 (`student_light (kd)`")  # chosen on val
+    cifar = rows["CIFAR-10 student ≤ 100 k params"]
+    assert cifar["status"] == "met" and cifar["ours"].startswith("0.8500 (`kd`, 98,840 params")  # not the 200 k row
+    assert rows["EfficientViT b1 distilled vs alone; size and latency ratios"]["status"] == "not run"
