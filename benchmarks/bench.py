@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from kdcore import airbench, create_model, fit, load_dataset, make_distiller, profiles  # noqa: E402
 from kdcore.cache import TeacherLogitCache  # noqa: E402
 from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
-from kdcore.experiments import git_commit  # noqa: E402
+from kdcore.provenance import git_commit  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
 from kdcore.runtime import cpu_features, resolve_device, resolve_precision  # noqa: E402
 from kdcore.train import apply_layout, confusion, metrics_from_confusion, train_step  # noqa: E402

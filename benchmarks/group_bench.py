@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from kdcore import create_model, fit, make_distiller  # noqa: E402
 from kdcore import experiments as ex  # noqa: E402
+from kdcore import provenance  # noqa: E402
 from kdcore.cache import clear_shared_caches  # noqa: E402
 from kdcore.data import atomic_write_text  # noqa: E402
 from kdcore.evaluate import evaluate  # noqa: E402
@@ -85,7 +86,7 @@ def main(argv=None):
     path = Path(a.out) / f"{'cuda' if device.type == 'cuda' else 'cpu'}.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     record["notebook_of_methods"] = {**row, "cpu": cpu_features(), "threads": torch.get_num_threads(),
-                                     "commit": ex.git_commit(), "data": ex.provenance(ctx.data),
+                                     "commit": provenance.git_commit(), "data": provenance.provenance(ctx.data),
                                      "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(json.dumps(record, indent=1) + "\n", path)
     print(f"{len(methods)} methods, {a.epochs} epoch(s): seed-style {seed_style:.0f} s, co-trained {shared:.0f} s, "

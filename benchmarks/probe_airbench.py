@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 from kdcore import airbench, load_dataset  # noqa: E402
 from kdcore.data import atomic_write_text  # noqa: E402
 from kdcore.evaluate import classification_metrics  # noqa: E402
-from kdcore.experiments import git_commit, resolve_data_root  # noqa: E402
+from kdcore.experiments import resolve_data_root  # noqa: E402
+from kdcore.provenance import git_commit  # noqa: E402
 from kdcore.models import count_parameters  # noqa: E402
 from kdcore.runtime import cpu_features, seed_everything  # noqa: E402
 

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     from .distill import make_distiller, parse_method
     from .evaluate import evaluate
     from .models import create_model
-    from .experiments import git_commit
+    from .provenance import git_commit
     from .runtime import cpu_features
     from .train import TrainConfig, _dist, fit
 

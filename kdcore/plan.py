@@ -1,7 +1,7 @@
 """The cost plan: every run a report would make, stored or to train, with its projected seconds on this machine.
 
 `kdcore report --plan` executes the notebooks with $KDCORE_PLAN set to a JSON-lines file. In that mode
-kdcore.experiments trains nothing: a teacher or run found in the store is loaded as usual, and one that is not
+kdcore.teachers and kdcore.runs train nothing: a teacher or run found in the store is loaded as usual, and one that is not
 is *probed*, timing the real training step on the real data:
 
     seconds ≈ epochs × (steps_per_epoch × step + fixed)

@@ -141,7 +141,7 @@ def bars(table: pd.DataFrame, x: str, ys: list[str], title: str = ""):
 
 
 def seed_bars(runs, metrics=("test_acc",), extra=("params",), title: str = ""):
-    """Bars over runs (kdcore.experiments.SeedRuns): each metric's mean with its std over seeds as error bars,
+    """Bars over runs (kdcore.runs.SeedRuns): each metric's mean with its std over seeds as error bars,
     plus `extra` numbers from each run's efficiency (params, size_mb, ...) as plain bars."""
     table = pd.DataFrame([{"run": r.label, **{f"{m}_mean": r.runs[m].mean() for m in metrics},
                            **{f"{m}_std": r.runs[m].std(ddof=1) for m in metrics},

@@ -687,7 +687,7 @@ def run_plan(plan: Plan) -> int:
     import torch
 
     from . import plan as cost
-    from .experiments import git_commit
+    from .provenance import git_commit
     from .runtime import cpu_features, resolve_precision
 
     stage_root = Path(tempfile.mkdtemp(prefix=f".{plan.profile}.plan-", dir=plan.out))

@@ -154,20 +154,20 @@ def test_an_interrupted_run_resumes_after_its_last_epoch_as_if_uninterrupted(dat
 
 
 def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_path):
-    from kdcore import experiments as ex
+    from kdcore import teachers
 
-    before = ex.TEACHER_TRAININGS
+    before = teachers.TEACHER_TRAININGS
     kw = dict(model_kwargs=dict(widths=SMALL), epochs=1, checkpoint_dir=tmp_path, device="cpu")
-    first = ex.get_teacher(data, "airbench", **kw)
-    assert first.trained and ex.TEACHER_TRAININGS == before + 1
+    first = teachers.get_teacher(data, "airbench", **kw)
+    assert first.trained and teachers.TEACHER_TRAININGS == before + 1
     assert not list((tmp_path / "teachers").glob("*"))  # its per-epoch state removed once it is stored
     assert sorted(p.name for p in (tmp_path / "store" / "teachers").iterdir()) == [first.path.with_suffix(".json").name,
                                                                                    first.path.name]
     assert first.trained_with["resumed_from"] is None
     assert set(first.history.columns) >= {"epoch", "steps", "train_loss", "val_acc"}  # airbench.train's history
     assert 0 <= first.test_acc_tta <= 1
-    second = ex.get_teacher(data, "airbench", **kw)
-    assert not second.trained and ex.TEACHER_TRAININGS == before + 1
+    second = teachers.get_teacher(data, "airbench", **kw)
+    assert not second.trained and teachers.TEACHER_TRAININGS == before + 1
     assert second.test_acc_tta == first.test_acc_tta and second.test_acc == pytest.approx(first.test_acc)
     assert second.trained_with == first.trained_with  # how it was trained, kept in the checkpoint
     assert first.trained_with["device"] == "cpu" and first.trained_with["precision"] in ("fp32", "bf16")

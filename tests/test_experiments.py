@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from kdcore import experiments as ex
+from kdcore import provenance, teachers
+from kdcore import runs as kdruns
 from kdcore import load_dataset, profiles, store
 
 TINY = dict(epochs=1, lr=0.05, batch_size=64, device="cpu")
@@ -17,36 +19,36 @@ def data():
 
 
 def test_get_teacher_trains_once_then_loads(data, tmp_path):
-    before = ex.TEACHER_TRAININGS
-    first = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
-    assert first.trained and first.path.exists() and ex.TEACHER_TRAININGS == before + 1
+    before = teachers.TEACHER_TRAININGS
+    first = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
+    assert first.trained and first.path.exists() and teachers.TEACHER_TRAININGS == before + 1
     mtime = first.path.stat().st_mtime_ns
-    second = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
-    assert not second.trained and ex.TEACHER_TRAININGS == before + 1
+    second = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
+    assert not second.trained and teachers.TEACHER_TRAININGS == before + 1
     assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
     assert second.test_acc == pytest.approx(first.test_acc)
     assert second.trained_with == first.trained_with and first.trained_with["precision"] in ("fp32", "bf16")
-    other = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **{**TINY, "lr": 0.01})
-    assert other.key != first.key and ex.TEACHER_TRAININGS == before + 2
+    other = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **{**TINY, "lr": 0.01})
+    assert other.key != first.key and teachers.TEACHER_TRAININGS == before + 2
 
 
 def test_run_seeds_and_write_results(data, tmp_path):
-    teacher = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
-    base = ex.run_seeds("baseline", data, student="student_light", seeds=[0, 1], checkpoint_dir=tmp_path, **TINY)
-    kd = ex.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=teacher.model,
+    teacher = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
+    base = kdruns.run_seeds("baseline", data, student="student_light", seeds=[0, 1], checkpoint_dir=tmp_path, **TINY)
+    kd = kdruns.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=teacher.model,
                       distill=dict(alpha=0.5, temperature=2.0), checkpoint_dir=tmp_path, **TINY)
     assert list(base.runs["seed"]) == [0, 1] and set(kd.runs["method"]) == {"kd"}
     for col in ("test_acc", "test_f1", "precision", "recall", "val_acc", "best_epoch", "seconds", "params"):
         assert col in kd.runs
     assert set(kd.histories) == {0, 1} and "loss_kd" in kd.histories[0]
-    again = ex.run_seeds("baseline", data, student="student_light", seeds=[0, 1], checkpoint_dir=tmp_path, **TINY)
+    again = kdruns.run_seeds("baseline", data, student="student_light", seeds=[0, 1], checkpoint_dir=tmp_path, **TINY)
     pd.testing.assert_series_equal(again.runs["test_acc"], base.runs["test_acc"])  # reused from the run cache
 
     runs = pd.concat([base.runs, kd.runs])
     path = ex.write_results("unit", "00_test", {"runs": runs, "baseline": "baseline",
                                                 "teacher": {"name": "tiny_resnet", "test_acc": teacher.test_acc},
                                                 "efficiency": {"kd": {"params": 1, "size_mb": 0.1, "latency_ms": 0.5}},
-                                                "run_info": ex.run_info({"profile": "unit"}, data)}, tmp_path)
+                                                "run_info": provenance.run_info({"profile": "unit"}, data)}, tmp_path)
     res = json.loads(path.read_text())
     assert path == tmp_path / "unit" / "00_test.json"
     by = {m["method"]: m for m in res["metrics"]}
@@ -77,16 +79,16 @@ def test_written_gain_is_the_paired_t_interval_computed_by_hand(tmp_path):
 
 
 def test_run_store_key_covers_the_recipe_and_can_be_bypassed(data, tmp_path, monkeypatch):
-    first = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
+    first = kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
     assert not first.runs["reused"].any()
-    assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+    assert kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                         **TINY).runs["reused"].all()
-    assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+    assert not kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                             cache=False, **TINY).runs["reused"].any()
-    assert ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, teacher_cache=True,
+    assert kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path, teacher_cache=True,
                         **TINY).runs["reused"].all()  # one baseline serves notebooks with and without a teacher cache
     monkeypatch.setattr(store, "RECIPE_VERSION", store.RECIPE_VERSION + 1)
-    assert not ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
+    assert not kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path,
                             **TINY).runs["reused"].any()  # a new recipe never serves the old run
 
 
@@ -96,7 +98,7 @@ def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, m
     from kdcore import train as train_mod
 
     two = {**TINY, "epochs": 2}
-    whole = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "whole", **two)
+    whole = kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "whole", **two)
     real_epoch = train_mod.train_epoch
 
     def stopped_in_epoch_2(*args, epoch, **kw):
@@ -106,12 +108,12 @@ def test_an_interrupted_cached_run_resumes_from_its_last_epoch(data, tmp_path, m
 
     monkeypatch.setattr(train_mod, "train_epoch", stopped_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
+        kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
     runs = tmp_path / "cut" / "runs"
     assert [p.suffix for p in runs.iterdir()] == [".partial"] and (next(runs.iterdir()) / "last.pt").exists()
     monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
     capsys.readouterr()
-    resumed = ex.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
+    resumed = kdruns.run_seeds("baseline", data, student="student_light", seeds=[0], checkpoint_dir=tmp_path / "cut", **two)
     assert "resumed from" in capsys.readouterr().out and resumed.runs["resumed_from"].tolist() == [1]
     assert whole.runs["resumed_from"].isna().all()
     for col in ("test_acc", "test_f1", "val_acc", "best_epoch"):
@@ -130,7 +132,7 @@ def test_a_term_defined_outside_kdcore_runs_and_reaches_the_tables(data, tmp_pat
         def forward(self, s):
             return (s.student_logits - s.teacher_logits).abs().mean()
 
-    teacher = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
+    teacher = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), checkpoint_dir=tmp_path, **TINY)
     ctx = ex.Context("00_test", {"seeds": [0, 1], "student": "student_light", "checkpoint_dir": str(tmp_path),
                                  "latency_min_run_time": 0.01, "epochs": 1, "batch_size": 64, "device": "cpu"}, data)
     ctx.teacher_result = teacher
@@ -154,7 +156,7 @@ def test_best_and_worst_are_chosen_on_mean_validation_accuracy_not_test(data):
              "c": ([0.60, 0.60], [0.90, 0.90])}   # worst on validation (mean 0.60)
     for label, (val, test) in table.items():
         runs = pd.DataFrame({"method": label, "seed": [0, 1], "val_acc": val, "test_acc": test})
-        ctx.results[label] = ex.SeedRuns(label, runs, {}, None, {})
+        ctx.results[label] = kdruns.SeedRuns(label, runs, {}, None, {})
     assert ctx.best_and_worst(["a", "b", "c"]) == ("a", "c")
     assert ctx.best_and_worst(["b", "c"]) == ("b", "c")  # only the labels asked for
 
@@ -168,20 +170,20 @@ def test_run_key_changes_with_each_ingredient_of_the_recipe_and_with_nothing_els
     teacher, other = create_model("tiny_resnet", num_classes=10, width=4), create_model("tiny_resnet", num_classes=10, width=4)
     base = dict(student="student_light", student_kwargs={}, pretrained=False, distill={"temperature": 4.0},
                 teacher=teacher, epochs=2, lr=0.05, batch_size=64, seed=0, train={"schedule": "cosine"}, label="kd")
-    key = ex.run_key("kd", data, **base)
-    assert key == ex.run_key("kd", data, **dict(base))
+    key = kdruns.run_key("kd", data, **base)
+    assert key == kdruns.run_key("kd", data, **dict(base))
     changed = {"student": "cnn_small", "student_kwargs": {"width": 8}, "pretrained": True,
                "distill": {"temperature": 2.0}, "teacher": other, "epochs": 3, "lr": 0.1, "batch_size": 32, "seed": 1,
                "train": {"schedule": "step"}}
     for name, value in changed.items():
-        assert ex.run_key("kd", data, **{**base, name: value}) != key, name
-    assert ex.run_key("kd:ls", data, **base) != key
+        assert kdruns.run_key("kd", data, **{**base, name: value}) != key, name
+    assert kdruns.run_key("kd:ls", data, **base) != key
     other_data = load_dataset("synthetic", seed=1, synthetic=dict(train_size=160, val_size=40, test_size=40))
-    assert ex.run_key("kd", other_data, **base) != key
+    assert kdruns.run_key("kd", other_data, **base) != key
     watched = {**base, "train": {"schedule": "cosine", "progress": True, "device": "cuda"}}
-    assert ex.run_key("kd", data, **watched) == key
+    assert kdruns.run_key("kd", data, **watched) == key
     alone = {**base, "teacher": None, "label": "baseline"}
-    assert ex.run_key("baseline", data, **alone) == ex.run_key("baseline", data, **{**alone, "distill": {"p": 1}})
+    assert kdruns.run_key("baseline", data, **alone) == kdruns.run_key("baseline", data, **{**alone, "distill": {"p": 1}})
 
 
 def test_profiles_cover_every_notebook():
@@ -211,13 +213,13 @@ def test_logit_runs_keep_the_teachers_views_for_other_notebooks(tmp_path):
     torch.manual_seed(0)
     teacher = create_model("tiny_resnet", num_classes=10).eval()
     clear_shared_caches()
-    ex.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
+    kdruns.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
                  teacher_cache=True, **TINY)
     assert len(list((tmp_path / "logit-cache").glob("*.pt"))) == 1
     clear_shared_caches()
     calls = []
     teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
-    ex.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
+    kdruns.run_seeds("kd", data, student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path,
                  teacher_cache=True, distill={"alpha": 0.5}, **TINY)
     clear_shared_caches()
     assert calls == [8]  # only the distiller's prepare() probe: every training view came from the file
@@ -232,7 +234,7 @@ def test_significant_follows_holm_over_the_table_and_the_raw_verdict_stays_besid
              "seconds": 1.0} for s, a in enumerate(base)]
     rows += [{"method": m, "seed": s, "test_acc": base[s] + d, "test_f1": base[s] + d, "precision": 0.0, "recall": 0.0,
               "val_acc": 0.0, "seconds": 1.0} for m, ds in gains.items() for s, d in enumerate(ds)]
-    s = ex.summarize_runs(pd.DataFrame(rows)).set_index("method")
+    s = kdruns.summarize_runs(pd.DataFrame(rows)).set_index("method")
     assert s.loc["B", "p_value"] == pytest.approx(0.0385, abs=5e-4) and s.loc["B", "significant_raw"] is True
     assert s.loc["B", "p_holm"] == pytest.approx(2 * s.loc["B", "p_value"]) and s.loc["B", "significant"] is False
     assert s.loc["A", "p_holm"] == pytest.approx(3 * s.loc["A", "p_value"]) and s.loc["A", "significant"] is True
@@ -249,11 +251,11 @@ def test_the_conclusion_is_written_from_the_table():
              "seconds": 1.0} for s, a in enumerate(base)]
     rows += [{"method": m, "seed": s, "test_acc": base[s] + d, "test_f1": base[s] + d, "precision": 0.0, "recall": 0.0,
               "val_acc": base[s] + d, "seconds": 1.0} for m, ds in gains.items() for s, d in enumerate(ds)]
-    text = conclude(ex.summarize_runs(pd.DataFrame(rows)), teacher=("airbench", 0.79))
+    text = conclude(kdruns.summarize_runs(pd.DataFrame(rows)), teacher=("airbench", 0.79))
     assert "The student alone reaches 0.8100 test accuracy (mean of 3 seeds)." in text
     assert "The teacher (`airbench`, 0.7900) is 2.00 points below it; a teacher below its student" in text
     assert "Significant gains over it" in text and "`up` +1.10 points [" in text
     assert "Significant losses: `down` -2.10 points [" in text and "No significant change: `flat` +0.00 points" in text
     assert "On validation the best method is `up` (0.8210)." in text
     rows = [r for r in rows if r["method"] != "up"]
-    assert "No method beat the student alone significantly" in conclude(ex.summarize_runs(pd.DataFrame(rows)))
+    assert "No method beat the student alone significantly" in conclude(kdruns.summarize_runs(pd.DataFrame(rows)))

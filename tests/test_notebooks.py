@@ -17,6 +17,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 from pyflakes.checker import Checker
 
 from kdcore import experiments as ex
+from kdcore import provenance
 from kdcore import profiles
 from kdcore.errors import ConfigError
 from kdcore.report import ensure_kernelspec
@@ -151,8 +152,8 @@ def test_data_root_parameter_then_kdcore_data_then_shared(monkeypatch, tmp_path)
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex, "REPO_ROOT", tmp_path)
-    assert ex.git_commit() == "unknown"  # not a git checkout
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    assert provenance.git_commit() == "unknown"  # not a git checkout
 
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
@@ -163,19 +164,19 @@ def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
     git("add", "a.txt")
     git("commit", "-qm", "first")
     (tmp_path / "untracked.txt").write_text("x")
-    assert ex.git_commit() == git("rev-parse", "--short", "HEAD")
+    assert provenance.git_commit() == git("rev-parse", "--short", "HEAD")
     (tmp_path / "a.txt").write_text("2")
-    assert ex.git_commit() == git("rev-parse", "--short", "HEAD") + "+dirty"
-    assert ex.run_info({"profile": "smoke"})["commit"] == ex.git_commit()
+    assert provenance.git_commit() == git("rev-parse", "--short", "HEAD") + "+dirty"
+    assert provenance.run_info({"profile": "smoke"})["commit"] == provenance.git_commit()
     monkeypatch.setenv("KDCORE_COMMIT", "abc1234")
-    assert ex.git_commit() == "abc1234"  # a copied tree says which commit it was made from, even with a stale .git
+    assert provenance.git_commit() == "abc1234"  # a copied tree says which commit it was made from, even with a stale .git
 
 
 def test_setup_prints_which_run_this_is(capsys):
     namespace = {"In": [papermill_cell(profile="smoke", epochs=2)], "profile": "smoke", "epochs": 2}
     ctx = ex.setup("07_eurosat", namespace, threads=None)  # threads=None: leave this process's torch threads alone
     out = capsys.readouterr().out
-    assert f"commit {ex.git_commit()}" in out and "profile smoke" in out
+    assert f"commit {provenance.git_commit()}" in out and "profile smoke" in out
     assert f"scaling (smoke): {profiles.scaling_for('smoke', '07_eurosat')}" in out
     assert "64 px" in profiles.scaling_for("smoke", "07_eurosat")  # this notebook's data, not notebook 01's
     lines = [" ".join(line.split()) for line in out.splitlines()]  # `name = value  # who set it; replaced values`
@@ -201,4 +202,4 @@ def test_papermill_runs_inside_notebooks_and_leaves_nothing_there(tmp_path):
     result = json.loads((tmp_path / "results" / "smoke" / "02_logits.json").read_text())
     assert result["params"]["epochs"] == 1 and result["params"]["dataset"] == "synthetic"  # the smoke profile
     assert result["params"]["n_examples"] == 8  # -p wins over smoke's 6, though 8 is the notebook default
-    assert result["run_info"]["commit"] == ex.git_commit() and list((tmp_path / "checkpoints").glob("store/teachers/*.pt"))
+    assert result["run_info"]["commit"] == provenance.git_commit() and list((tmp_path / "checkpoints").glob("store/teachers/*.pt"))

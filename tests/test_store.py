@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kdcore import create_model, load_dataset, store
-from kdcore import experiments as ex
+from kdcore import provenance, teachers
+from kdcore import runs as kdruns
 from kdcore.errors import ConfigError
 
 TINY = dict(epochs=1, lr=0.05, batch_size=64, device="cpu")
@@ -45,46 +46,46 @@ def test_a_run_distilled_from_another_teacher_is_not_reused(data, tmp_path):
     first = create_model("tiny_resnet", num_classes=10, width=4)
     second = create_model("tiny_resnet", num_classes=10, width=4)
     kw = dict(student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
-    assert not ex.run_seeds("kd", data, teacher=first, **kw).runs["reused"].any()
-    assert ex.run_seeds("kd", data, teacher=first, **kw).runs["reused"].all()
-    assert not ex.run_seeds("kd", data, teacher=second, **kw).runs["reused"].any()
+    assert not kdruns.run_seeds("kd", data, teacher=first, **kw).runs["reused"].any()
+    assert kdruns.run_seeds("kd", data, teacher=first, **kw).runs["reused"].all()
+    assert not kdruns.run_seeds("kd", data, teacher=second, **kw).runs["reused"].any()
 
 
 def test_a_fresh_machine_renders_from_a_copied_store_without_training(data, tmp_path, monkeypatch):
     """Only the store travels (as in git): the teacher loads, every run is served, nothing trains."""
     kw = dict(checkpoint_dir=tmp_path / "old", store_dir=tmp_path / "old-store")
-    teacher = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), **kw, **TINY)
-    runs = ex.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=teacher.model, **kw, **TINY)
+    teacher = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), **kw, **TINY)
+    runs = kdruns.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=teacher.model, **kw, **TINY)
     shutil.copytree(tmp_path / "old-store", tmp_path / "store")
     shutil.rmtree(tmp_path / "old")
     monkeypatch.setenv("KDCORE_STORE_ONLY", "1")  # training now would raise
     fresh = dict(checkpoint_dir=tmp_path / "new", store_dir=tmp_path / "store")
-    before = ex.TEACHER_TRAININGS
-    again = ex.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), **fresh, **TINY)
-    assert not again.trained and ex.TEACHER_TRAININGS == before and again.test_acc == teacher.test_acc
+    before = teachers.TEACHER_TRAININGS
+    again = teachers.get_teacher(data, "tiny_resnet", model_kwargs=dict(width=4), **fresh, **TINY)
+    assert not again.trained and teachers.TEACHER_TRAININGS == before and again.test_acc == teacher.test_acc
     assert store.weights_hash(again.model) == store.weights_hash(teacher.model)
-    served = ex.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=again.model, **fresh, **TINY)
+    served = kdruns.run_seeds("kd", data, student="student_light", seeds=[0, 1], teacher=again.model, **fresh, **TINY)
     assert served.runs["reused"].all()
     for col in ("test_acc", "test_f1", "val_acc", "best_epoch"):
         assert served.runs[col].tolist() == runs.runs[col].tolist()
     # the stored weights, evaluated again (the trained model's memory layout may round the last bit differently)
     torch.testing.assert_close(served.eval["logits"], runs.eval["logits"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="not in the run store.*--from-store"):
-        ex.run_seeds("kd", data, student="student_light", seeds=[2], teacher=again.model, **fresh, **TINY)
+        kdruns.run_seeds("kd", data, student="student_light", seeds=[2], teacher=again.model, **fresh, **TINY)
 
 
 def test_entries_record_their_provenance_and_large_students_keep_predictions(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "STUDENT_WEIGHTS_MB", 0.0)  # as if the student were over the committed size
+    monkeypatch.setattr(kdruns, "STUDENT_WEIGHTS_MB", 0.0)  # as if the student were over the committed size
     kw = dict(student="student_light", seeds=[0], checkpoint_dir=tmp_path, **TINY)
-    first = ex.run_seeds("baseline", data, **kw)
+    first = kdruns.run_seeds("baseline", data, **kw)
     [record_file] = (tmp_path / "store" / "runs").glob("*.json")
     record = json.loads(record_file.read_text())
     assert {"commit", "cpu", "device", "torch", "data", "config", "row", "history"} <= set(record)
     assert record["recipe"] == store.RECIPE_VERSION and record["config"]["seed"] == 0
-    assert record["data"]["fingerprint"] == ex.data_fingerprint(data)
+    assert record["data"]["fingerprint"] == provenance.data_fingerprint(data)
     tensors = torch.load(record_file.with_suffix(".pt"), weights_only=True)
     assert set(tensors) == {"test_logits", "test_labels"}  # predictions only, no weights
-    again = ex.run_seeds("baseline", data, **kw)
+    again = kdruns.run_seeds("baseline", data, **kw)
     assert again.runs["reused"].all() and again.runs["test_acc"].tolist() == first.runs["test_acc"].tolist()
     assert again.eval["accuracy"] == first.eval["accuracy"]  # the page's confusion comes from the predictions
 
