@@ -34,7 +34,7 @@ if compgen -G ".carry/part*/eurosat-rgb.tar.gz.part-*" >/dev/null; then
 fi
 python3 -c "import torch, torchvision, timm, papermill, nbconvert; print('torch', torch.__version__, 'torchvision',
   torchvision.__version__, 'timm', timm.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" || exit 1
-python3 -c "from kdcore.report import ensure_kernelspec; ensure_kernelspec()" || exit 1
+python3 -c "from kdcore.runner import ensure_kernelspec; ensure_kernelspec()" || exit 1
 if [ "${CUDA_TESTS:-1}" = 1 ]; then
   (timeout 240 python3 -m pytest -q -m cuda tests -p no:cacheprovider >"$OUT/pytest-cuda.log" 2>&1
    echo "pytest -m cuda: exit $?" >>"$OUT/pytest-cuda.log") &

@@ -20,7 +20,7 @@ from kdcore import experiments as ex
 from kdcore import provenance
 from kdcore import profiles
 from kdcore.errors import ConfigError
-from kdcore.report import ensure_kernelspec
+from kdcore.runner import ensure_kernelspec
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"

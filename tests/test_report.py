@@ -12,7 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from kdcore import report
+from kdcore import report, runner, site
 from kdcore.errors import ConfigError
 from kdcore.profiles import NOTEBOOKS
 
@@ -79,7 +79,7 @@ def test_param_values_of_the_right_type_pass():
 
 
 def test_progress_lines_are_the_run_lines_only(capsys):
-    sink = report.ProgressLines(indent="  ")
+    sink = runner.ProgressLines(indent="  ")
     for chunk in ["02_logits | profile smoke\nparameters: {...}\nteacher tiny_resnet: training 2 ep", "ochs\nepoch   1/2 ",
                   "ce=2.25 val_acc=0.1\nkd seed 0: test_acc=0.1000 test_f1=0.0185\nwrote results/x.json\n"]:
         sink.write(chunk)
@@ -198,20 +198,20 @@ def test_a_page_that_fails_to_render_keeps_its_first_line_and_gets_a_failed_page
     def render_html(ipynb, html_path, show_code):
         raise ValueError("template kdcore.html.j2 is missing\nwhile rendering cell 3")
 
-    monkeypatch.setattr(report, "execute", execute)
-    monkeypatch.setattr(report, "render_html", render_html)
-    status = report.run_notebook("02_logits", {}, tmp_path, False)
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "render_html", render_html)
+    status = runner.run_notebook("02_logits", {}, tmp_path, False)
     assert status["status"] == "failed" and status["error"] == "HTML rendering: ValueError: template kdcore.html.j2 is missing"
     page = (tmp_path / "02_logits.html").read_text()
     assert "while rendering cell 3" in page and "Traceback" in page  # published as 02_logits.failed.html
-    report.publish(tmp_path, tmp_path / "published", [status])
+    runner.publish(tmp_path, tmp_path / "published", [status])
     assert (tmp_path / "published" / "02_logits.failed.html").exists()
     assert not (tmp_path / "published" / "02_logits.html").exists()
 
 
 def test_index_and_leaderboard_tables_are_formatted(tmp_path):
     folder = _published(tmp_path)
-    report.write_index(folder, "smoke", [], 1.0)
+    site.write_index(folder, "smoke", [], 1.0)
     for page in ("index.html", "leaderboard.md"):
         text = (folder / page).read_text()
         assert not re.search(r"\bNaN\b|\bnan\b|\bNone\b|\bFalse\b|\bTrue\b|PosixPath|\d\.\d{5,}", text), page
@@ -229,7 +229,7 @@ def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp
     """A real run (smoke profile) into a folder holding a published report; Ctrl-C once notebook 01 has finished
     (staged, not published) and 02 is training. Nothing published may change and nothing temporary may stay."""
     folder = _published(tmp_path, NOTEBOOKS)
-    report.write_index(folder, "smoke", [], 1.0)
+    site.write_index(folder, "smoke", [], 1.0)
     before, notebooks_before = _tree(folder), _tree(REPO / "notebooks")
     proc = subprocess.Popen([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--notebooks", "01", "02",
                              "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
@@ -267,10 +267,10 @@ def test_smoke_report_end_to_end(tmp_path):
     assert not proc.stderr.strip() and "WARNING" not in proc.stdout and "Kernel is running" not in proc.stdout
     out = tmp_path / "smoke"
     index = (out / "index.html").read_text()
-    assert (out / "_static" / report.MATHJAX).stat().st_size > 100_000  # MathJax next to the pages
+    assert (out / "_static" / runner.MATHJAX).stat().st_size > 100_000  # MathJax next to the pages
     for nb in NOTEBOOKS:
         page = (out / f"{nb}.html").read_text()
-        assert len(page) > 1000 and f'src="_static/{report.MATHJAX}"' in page
+        assert len(page) > 1000 and f'src="_static/{runner.MATHJAX}"' in page
         assert not re.findall(r'src="https?:', page)  # nothing loads from the network: formulas render offline
         assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no red box (was: "No CUDA runtime")
         res = json.loads((out / f"{nb}.json").read_text())
@@ -322,9 +322,9 @@ def test_only_the_closed_socket_shutdown_race_is_dropped_from_tornados_log():
                 "tornado.general", logging.ERROR, __file__, 1, "Uncaught exception in ZMQStream callback", (),
                 sys.exc_info())
 
-    assert not report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.ENOTSOCK)))
-    assert report._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.EAGAIN)))
-    assert report._drop_closed_socket_callbacks(record(ValueError("a real error")))
+    assert not runner._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.ENOTSOCK)))
+    assert runner._drop_closed_socket_callbacks(record(zmq.error.ZMQError(errno.EAGAIN)))
+    assert runner._drop_closed_socket_callbacks(record(ValueError("a real error")))
 
 
 def test_a_teacher_weaker_than_its_student_is_flagged_on_the_board():
@@ -333,7 +333,7 @@ def test_a_teacher_weaker_than_its_student_is_flagged_on_the_board():
                            "significant": None, "p_holm": None, "teacher_acc": 0.11, "params": 1, "size_mb": 1.0,
                            "latency_ms": 1.0, "threads": 1, "seconds_per_run": 1.0} for m, acc in
                           (("baseline", 0.30), ("kd", 0.10))])
-    cells = [r["teacher acc"] for r in report.display_rows(board)]
+    cells = [r["teacher acc"] for r in site.display_rows(board)]
     assert cells == ["0.1100 (below the student)", "0.1100"]
 
 
