@@ -62,9 +62,6 @@ def owner(nb: str) -> str:
     return nb if nb in TEACHER else "01_baseline"
 
 
-MIRRORED = ("01_baseline", "02_logits", "03_hidden_state", "04_regressor", "05_bonus", "06_efficientvit", "07_eurosat")
-
-
 def co_train(profile: str, notebooks: list[str], params: dict | None = None, log=print) -> int:
     """Collect the chosen notebooks' unstored runs and co-train them by seed; returns how many trained."""
     owners: dict[str, ex.Context] = {}

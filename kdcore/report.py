@@ -303,7 +303,7 @@ def _co_train(plan: Plan, params: list[str]) -> int:
 
     try:
         given = {k: parse_value(v) for k, v in (item.split("=", 1) for item in params)}
-        cotrain.co_train(plan.profile, [nb for nb in plan.notebooks if nb in cotrain.MIRRORED], given)
+        cotrain.co_train(plan.profile, plan.notebooks, given)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
