@@ -181,8 +181,10 @@ def test_setup_prints_which_run_this_is(capsys):
     assert "64 px" in profiles.scaling_for("smoke", "07_eurosat")  # this notebook's data, not notebook 01's
     lines = [" ".join(line.split()) for line in out.splitlines()]  # `name = value  # who set it; replaced values`
     assert "epochs = 2 # explicit; profile smoke: 1; notebook: 4" in lines
-    assert "dataset = 'synthetic' # profile smoke; notebook: 'eurosat'" in lines and "alpha = 0.9 # notebook" in lines
-    assert lines.index("epochs = 2 # explicit; profile smoke: 1; notebook: 4") < lines.index("alpha = 0.9 # notebook")
+    assert "dataset = 'synthetic' # profile smoke; notebook: 'eurosat'" in lines
+    assert not any(line.startswith("alpha = ") for line in lines)  # at the notebook's default: not listed
+    at_defaults = [line for line in lines if line.endswith("parameters at the notebook's defaults (its parameters cell)")]
+    assert len(at_defaults) == 1 and lines.index("epochs = 2 # explicit; profile smoke: 1; notebook: 4") < lines.index(at_defaults[0])
     assert ctx.extra["provenance"]["set_by"]["epochs"] == "explicit"
 
 
