@@ -48,7 +48,8 @@ from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
 from kdcore.provenance import git_commit  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
 from kdcore.runtime import cpu_features, resolve_device, resolve_precision  # noqa: E402
-from kdcore.train import apply_layout, confusion, metrics_from_confusion, train_step  # noqa: E402
+from kdcore.metrics import confusion, metrics_from_confusion  # noqa: E402
+from kdcore.train import apply_layout, train_step  # noqa: E402
 
 def cpu_seconds() -> float:
     """User+system CPU of this process and its reaped children (DataLoader workers): robust to other load."""

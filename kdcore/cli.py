@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     from .evaluate import evaluate
     from .models import create_model
     from .provenance import git_commit
-    from .runtime import cpu_features
-    from .train import TrainConfig, _dist, fit
+    from .runtime import cpu_features, distributed_world
+    from .train import TrainConfig, fit
 
     commit = git_commit()  # the code this run starts with
     if parse_method(args.method) and not args.teacher:  # (an unknown method name is refused first)
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     distiller = make_distiller(args.method, student, teacher, alpha=args.alpha, temperature=args.temperature,
                                weights=args.weights, pairing=args.pairing)
     result = fit(distiller, data, cfg, out_dir=args.out_dir, resume=not args.no_resume)
-    rank, world = _dist()
+    rank, world = distributed_world()
     test = evaluate(student, data, "test", device=result.device)
     last = result.history.iloc[-1] if len(result.history) else None
     summary = {"dataset": data.name, "student": args.student, "teacher": args.teacher,

@@ -13,9 +13,8 @@ members share their batches.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,14 +23,14 @@ import torch
 
 from .airbench import init_from_data
 from .cache import TeacherLogitCache, shared_cache
-from .data import DataBundle, DeviceLoader, atomic_save, atomic_write_text
+from .checkpoint import rng_state, set_rng_state
+from .data import DataBundle, DeviceLoader
 from .distill import Distiller
 from .errors import ConfigError
 from .models import FeatureHooks
-from .runtime import resolve_device, resolve_precision, seed_everything
-from .train import (FitResult, TrainConfig, _check_finite, _dist, _make_optimizer, _make_scheduler, _resume_state,
-                    _rng_state, _set_rng_state, apply_layout, choose_layout, confusion, load_checkpoint,
-                    metrics_from_confusion)
+from .runtime import distributed_world, resolve_device, resolve_precision, seed_everything
+from .train import (FitResult, RunProgress, TrainConfig, apply_layout, check_finite, choose_layout, close_epoch,
+                    load_best, make_optimizer, make_scheduler, restore, resume_checkpoint, save_epoch)
 
 
 @dataclass
@@ -40,13 +39,9 @@ class _Member:
     distiller: Distiller
     optimizer: torch.optim.Optimizer
     scheduler: object
+    run: RunProgress
     rng: dict
     out: Path | None
-    start_epoch: int = 0
-    resumed_from: int | None = None
-    rows: list = field(default_factory=list)
-    best: tuple = (-1.0, -1, 0)  # best val acc, its epoch, epochs since
-    best_state: dict | None = None
     seconds: float = 0.0
 
 
@@ -57,7 +52,7 @@ def _check_group(members: Sequence[Distiller]) -> None:
     if len(teachers) > 1:
         raise ConfigError("A group shares one teacher forward: give every member the same teacher module "
                           "(one fit_group call per teacher).")
-    if _dist()[1] > 1:
+    if distributed_world()[1] > 1:
         raise ConfigError("fit_group runs in one process; under torch.distributed use fit() per run.")
 
 
@@ -66,24 +61,15 @@ def _start(distiller: Distiller, data: DataBundle, cfg: TrainConfig, sample: tor
     """fit()'s set-up for one member, in fit()'s order, so the RNG it starts training with is fit()'s."""
     seed_everything(cfg.seed, cfg.deterministic)
     distiller.to(device)
-    ckpt = _resume_state(out, resume, cfg)
+    ckpt = resume_checkpoint(out, resume, cfg)
     if ckpt is None:
         init_from_data(distiller.student, data)
     apply_layout(distiller, layout)
     distiller.prepare(sample[:8])
-    optimizer = _make_optimizer(distiller.trainable_parameters(), cfg)
-    scheduler = _make_scheduler(optimizer, cfg, steps)
-    member = _Member(distiller, optimizer, scheduler, None, out)
-    if ckpt:
-        distiller.student.load_state_dict(ckpt["student"])
-        distiller.terms.load_state_dict(ckpt["terms"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device)
-        member.rows, member.best = ckpt["history"], (ckpt["best_val_acc"], ckpt["best_epoch"], ckpt["stale"])
-        member.start_epoch = member.resumed_from = ckpt["epoch"] + 1
-    member.rng = _rng_state(device)
-    return member
+    optimizer = make_optimizer(distiller.trainable_parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    run = restore(ckpt, distiller, optimizer, scheduler, device)
+    return _Member(distiller, optimizer, scheduler, run, rng_state(device), out)
 
 
 def _teacher_pass(members: list[_Member], hooks: FeatureHooks | None, cache: TeacherLogitCache | None, batch):
@@ -106,7 +92,7 @@ def _member_step(m: _Member, batch, teacher_logits, features, epoch: int, progre
                  scheduler_steps: bool, device) -> tuple[torch.Tensor, dict]:
     """train_step for one member on the shared batch, under the member's own RNG state."""
     d = m.distiller
-    _set_rng_state(m.rng, device)
+    set_rng_state(m.rng, device)
     with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=bf16):
         if d.needs_teacher_features:
             given = dict(teacher_logits=teacher_logits, teacher_features={k: features[k] for k in d.teacher_hooks.names})
@@ -121,7 +107,7 @@ def _member_step(m: _Member, batch, teacher_logits, features, epoch: int, progre
     m.optimizer.step()
     if scheduler_steps:
         m.scheduler.step()
-    m.rng = _rng_state(device)
+    m.rng = rng_state(device)
     return logits, losses
 
 
@@ -151,12 +137,12 @@ def _epoch(members: list[_Member], loader: DeviceLoader, hooks, cache, epoch: in
             sums[k][-1] += len(batch.labels)
             pending[k].append((epoch, step, values))
             if len(pending[k]) >= (50 if loader.device.type == "cuda" else 1):
-                _check_finite(pending[k], names[k])
+                check_finite(pending[k], names[k])
                 pending[k].clear()
             clock[k] += time.perf_counter() - t0
     out = []
     for k, total in enumerate(sums):
-        _check_finite(pending[k], names[k])
+        check_finite(pending[k], names[k])
         total = total.cpu()
         out.append({"train_loss": (total[:-2].sum() / total[-1]).item(),
                     **{f"loss_{n}": (total[i] / total[-1]).item() for i, n in enumerate(names[k])},
@@ -165,31 +151,13 @@ def _epoch(members: list[_Member], loader: DeviceLoader, hooks, cache, epoch: in
 
 
 def _close_epoch(m: _Member, train: dict, val_loader: DeviceLoader, data: DataBundle, epoch: int, cfg: TrainConfig,
-                 bf16: bool, seconds: float, precision: str, layout: dict, device) -> None:
-    """Validation, the plateau schedule, best-on-validation and fit()'s checkpoint files for one member."""
-    student = m.distiller.student
-    cm, val_loss_sum = confusion(student, val_loader, data.num_classes, bf16)
-    val = metrics_from_confusion(cm)
-    if cfg.schedule == "plateau":
-        m.scheduler.step(val["acc"])
+                 bf16: bool, precision: str, layout: dict) -> None:
+    """fit()'s end of an epoch for one member: validation, best-on-validation and its checkpoint files."""
     train.pop("step_seconds")
-    row = {"epoch": epoch + 1, **train, "val_loss": val_loss_sum / max(len(data.val), 1), "val_acc": val["acc"],
-           "val_f1": val["f1"], "lr": m.optimizer.param_groups[0]["lr"], "seconds": seconds}
-    m.rows.append(row)
-    best_acc, best_epoch, stale = m.best
-    improved = val["acc"] > best_acc
-    m.best = (val["acc"], epoch + 1, 0) if improved else (best_acc, best_epoch, stale + 1)
-    if improved:
-        m.best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    improved = close_epoch(m.run, m.distiller, train, val_loader, data, epoch, m.optimizer, m.scheduler, cfg, bf16,
+                           seconds=0.0)
     if m.out:
-        if improved:
-            atomic_save({"model": student.state_dict(), "epoch": epoch, "val_acc": val["acc"]}, m.out / "best.pt")
-        atomic_save({"student": student.state_dict(), "terms": m.distiller.terms.state_dict(),
-                     "optimizer": m.optimizer.state_dict(), "scheduler": m.scheduler.state_dict(), "epoch": epoch,
-                     "rng": m.rng, "history": m.rows, "best_val_acc": m.best[0], "best_epoch": m.best[1],
-                     "stale": m.best[2], "config_key": cfg.key(), "config": dataclasses.asdict(cfg),
-                     "precision": precision, "channels_last": layout}, m.out / "last.pt")
-        atomic_write_text(pd.DataFrame(m.rows).to_csv(index=False), m.out / "history.csv")
+        save_epoch(m.out, m.run, m.distiller, m.optimizer, m.scheduler, epoch, m.rng, cfg, precision, layout, improved)
 
 
 def fit_group(members: Sequence[Distiller], data: DataBundle, config: TrainConfig | None = None, *,
@@ -225,9 +193,9 @@ def fit_group(members: Sequence[Distiller], data: DataBundle, config: TrainConfi
     logit_members = any(d.needs_teacher and not d.needs_teacher_features for d in members)
     cache = (shared_cache(teacher, loader, data.num_classes, amp=bf16, directory=cfg.teacher_cache_dir)
              if logit_members and (cfg.teacher_cache or cfg.teacher_cache_dir) else None)
-    for epoch in range(min(m.start_epoch for m in runs), cfg.epochs):
-        active = [m for m in runs if m.start_epoch <= epoch
-                  and (cfg.early_stopping is None or m.best[2] < cfg.early_stopping)]
+    for epoch in range(min(m.run.start_epoch for m in runs), cfg.epochs):
+        active = [m for m in runs if m.run.start_epoch <= epoch
+                  and (cfg.early_stopping is None or m.run.stale < cfg.early_stopping)]
         if not active:
             break
         t0 = time.perf_counter()
@@ -238,19 +206,14 @@ def fit_group(members: Sequence[Distiller], data: DataBundle, config: TrainConfi
         for m, train in zip(active, trains):
             t1 = time.perf_counter()
             seconds = train["step_seconds"] + teacher_share
-            _close_epoch(m, train, val_loader, data, epoch, cfg, bf16, 0.0, precision, layout, device)
-            m.rows[-1]["seconds"] = seconds + time.perf_counter() - t1
-            m.seconds += m.rows[-1]["seconds"]
+            _close_epoch(m, train, val_loader, data, epoch, cfg, bf16, precision, layout)
+            m.run.rows[-1]["seconds"] = seconds + time.perf_counter() - t1
+            m.seconds += m.run.rows[-1]["seconds"]
     return [_finish(m, precision, layout, device) for m in runs]
 
 
 def _finish(m: _Member, precision: str, layout: dict, device) -> FitResult:
     """The member's best-on-validation weights loaded, as fit() leaves its student."""
-    student = m.distiller.student
-    if m.out and (m.out / "best.pt").exists():
-        student.load_state_dict(load_checkpoint(m.out / "best.pt")["model"])
-    elif m.best_state is not None:
-        student.load_state_dict(m.best_state)
-    student.eval()
-    return FitResult(pd.DataFrame(m.rows), m.best[1], m.best[0], str(device), m.seconds, m.out, m.resumed_from,
-                     precision, None, layout)
+    load_best(m.distiller.student, m.out, m.run)
+    return FitResult(pd.DataFrame(m.run.rows), m.run.best_epoch, m.run.best_acc, str(device), m.seconds, m.out,
+                     m.run.resumed_from, precision, None, layout)

@@ -151,6 +151,14 @@ def choose_channels_last(model: nn.Module, images: torch.Tensor, device: torch.d
     return _LAYOUT_CHOICES[key]
 
 
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, (0, 1) otherwise."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (model init and dropout); optionally force deterministic kernels."""
     random.seed(seed)

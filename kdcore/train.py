@@ -13,12 +13,10 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -26,10 +24,12 @@ import torch.nn as nn
 
 from .airbench import init_from_data
 from .cache import TeacherLogitCache, shared_cache
-from .data import Batch, DataBundle, DeviceLoader, atomic_save, atomic_write_text
+from .checkpoint import load_checkpoint, resume_state, rng_state, save_checkpoint, set_rng_state
+from .data import Batch, DataBundle, DeviceLoader, atomic_write_text
 from .distill import Distiller
-from .errors import CheckpointError, ConfigError, NonFiniteLossError, unknown_name
-from .runtime import PRECISIONS, choose_channels_last, resolve_device, resolve_precision, seed_everything
+from .errors import ConfigError, NonFiniteLossError, unknown_name
+from .metrics import confusion, metrics_from_confusion
+from .runtime import PRECISIONS, choose_channels_last, distributed_world, resolve_device, resolve_precision, seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "plateau", "constant")
@@ -110,19 +110,13 @@ def apply_layout(distiller: Distiller, layout: dict) -> None:
             getattr(distiller, name).to(memory_format=torch.channels_last)
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     """Step-wise schedules (stepped every batch) except plateau (stepped on validation accuracy)."""
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -142,61 +136,6 @@ def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
             return 0.1 ** ((t >= 0.5) + (t >= 0.75))
         return 1.0
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-@torch.no_grad()
-def confusion(model: nn.Module, loader: DeviceLoader, num_classes: int, amp: bool = False) -> tuple[torch.Tensor, float]:
-    """(confusion matrix [true, pred] summed over ranks, summed cross-entropy) of `model` on a loader."""
-    was_training = model.training
-    model.eval()
-    cm = torch.zeros(num_classes * num_classes, dtype=torch.long, device=loader.device)
-    loss = torch.zeros((), device=loader.device)
-    for batch in loader:
-        with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch.images).float()
-        loss += nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
-        cm += torch.bincount(batch.labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-    if _dist()[1] > 1:
-        dist.all_reduce(cm)
-        dist.all_reduce(loss)
-    model.train(was_training)
-    return cm.view(num_classes, num_classes).cpu(), loss.item()
-
-
-def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro precision / recall / F1 (classes never predicted count as 0 precision)."""
-    cm = cm.double()
-    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), torch.zeros_like(tp))
-    present = support > 0
-    return {"acc": (tp.sum() / cm.sum().clamp_min(1)).item(), "precision": precision[present].mean().item(),
-            "recall": recall[present].mean().item(), "f1": f1[present].mean().item()}
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint, turning truncation or corruption into a CheckpointError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err}). "
-                              f"Delete it to start fresh, or restore it from a backup; it was left untouched.") from err
 
 
 def _all_reduce_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -227,7 +166,7 @@ def train_step(distiller: Distiller, batch: Batch, optimizer: torch.optim.Optimi
                                                  progress=progress)
     optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
-    world = _dist()[1]
+    world = distributed_world()[1]
     if world > 1:
         _all_reduce_gradients([p for group in optimizer.param_groups for p in group["params"]], world)
     optimizer.step()
@@ -263,10 +202,10 @@ def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.opt
         sums[-1] += len(batch.labels)
         pending.append((epoch, step, values))
         if len(pending) >= check_every:
-            _check_finite(pending, names)
+            check_finite(pending, names)
             pending.clear()
-    _check_finite(pending, names)
-    if _dist()[1] > 1:
+    check_finite(pending, names)
+    if distributed_world()[1] > 1:
         dist.all_reduce(sums)
         for b in distiller.student.buffers():  # BN statistics as rank 0 has them (what DDP does)
             dist.broadcast(b.data, 0)
@@ -276,16 +215,122 @@ def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.opt
             "train_acc": (sums[-2] / sums[-1]).item()}
 
 
-def _resume_state(out: Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
+@dataclass
+class RunProgress:
+    """Where a run stands between epochs: what a checkpoint restores and each epoch updates."""
+    rows: list = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0  # epochs since the best
+    start_epoch: int = 0
+    resumed_from: int | None = None
+    best_state: dict | None = None  # the best weights, kept in memory when no out_dir holds best.pt
+
+
+def resume_checkpoint(out: Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
     """last.pt of this configuration, or None to start fresh; another configuration's is refused untouched."""
-    path = out / "last.pt" if out else None
-    if not (path and resume and path.exists()):
-        return None
-    ckpt = load_checkpoint(path)
-    if ckpt.get("config_key") != cfg.key():
-        raise CheckpointError(f"{path} was written by a different configuration (key {ckpt.get('config_key')} "
-                              f"vs {cfg.key()}); use another out_dir, pass resume=False, or delete it.")
-    return ckpt
+    return resume_state(out / "last.pt" if (out and resume) else None, cfg.key(),
+                        fix="use another out_dir, pass resume=False, or delete it")
+
+
+def restore(ckpt: dict | None, distiller: Distiller, optimizer, scheduler, device: torch.device) -> RunProgress:
+    """Load a checkpoint's weights, optimiser, schedule and RNG states; the run's progress (fresh without one)."""
+    if not ckpt:
+        return RunProgress()
+    distiller.student.load_state_dict(ckpt["student"])
+    distiller.terms.load_state_dict(ckpt["terms"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"], device)
+    return RunProgress(ckpt["history"], ckpt["best_val_acc"], ckpt["best_epoch"], ckpt["stale"],
+                       ckpt["epoch"] + 1, ckpt["epoch"] + 1)
+
+
+def close_epoch(run: RunProgress, distiller: Distiller, train: dict, val_loader: DeviceLoader, data: DataBundle,
+                epoch: int, optimizer, scheduler, cfg: TrainConfig, bf16: bool, seconds: float) -> bool:
+    """Validate, step a plateau schedule, append the epoch's row and track the best; True when it improved."""
+    cm, val_loss_sum = confusion(distiller.student, val_loader, data.num_classes, bf16)
+    val = metrics_from_confusion(cm)
+    if cfg.schedule == "plateau":
+        scheduler.step(val["acc"])
+    run.rows.append({"epoch": epoch + 1, **train, "val_loss": val_loss_sum / max(len(data.val), 1),
+                     "val_acc": val["acc"], "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"],
+                     "seconds": seconds})
+    improved = val["acc"] > run.best_acc
+    if improved:
+        run.best_acc, run.best_epoch, run.stale = val["acc"], epoch + 1, 0
+        run.best_state = {k: v.detach().clone() for k, v in distiller.student.state_dict().items()}
+    else:
+        run.stale += 1
+    return improved
+
+
+def save_epoch(out: Path, run: RunProgress, distiller: Distiller, optimizer, scheduler, epoch: int, rng: dict,
+               cfg: TrainConfig, precision: str, layout: dict, improved: bool) -> None:
+    """best.pt when the epoch improved, last.pt (everything a resume needs) and history.csv, each atomically."""
+    student = distiller.student
+    if improved:
+        save_checkpoint({"model": student.state_dict(), "epoch": epoch, "val_acc": run.best_acc}, out / "best.pt")
+    save_checkpoint({"student": student.state_dict(), "terms": distiller.terms.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     "rng": rng, "history": run.rows, "best_val_acc": run.best_acc, "best_epoch": run.best_epoch,
+                     "stale": run.stale, "config_key": cfg.key(), "config": dataclasses.asdict(cfg),
+                     "precision": precision, "channels_last": layout}, out / "last.pt")
+    atomic_write_text(pd.DataFrame(run.rows).to_csv(index=False), out / "history.csv")
+
+
+def load_best(student: nn.Module, out: Path | None, run: RunProgress) -> None:
+    """Leave the student with its best-on-validation weights, in eval mode."""
+    if out and (out / "best.pt").exists():
+        student.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    elif run.best_state is not None:
+        student.load_state_dict(run.best_state)
+    student.eval()
+
+
+def _log_epoch(row: dict, epochs: int, term_names: list[str], improved: bool) -> None:
+    terms = " ".join(f"{n}={row[f'loss_{n}']:.4f}" for n in term_names)
+    print(f"epoch {row['epoch']:>3}/{epochs} {terms} train_acc={row['train_acc']:.4f} val_acc={row['val_acc']:.4f} "
+          f"val_f1={row['val_f1']:.4f} lr={row['lr']:.2e} {row['seconds']:.1f}s{' *' if improved else ''}", flush=True)
+
+
+def _broadcast_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """Rank 0's flags on every rank (precision and layout must agree across ranks)."""
+    if distributed_world()[1] == 1:
+        return flags
+    t = torch.tensor(flags, dtype=torch.int64, device=device)
+    dist.broadcast(t, 0)
+    return [bool(v) for v in t.tolist()]
+
+
+def _run_layout(distiller: Distiller, sample: torch.Tensor, device: torch.device, cfg: TrainConfig,
+                ckpt: dict | None) -> dict:
+    """A resumed run keeps its memory format; a new one measures it (choose_layout), rank 0's on every rank."""
+    layout = ckpt.get("channels_last") if ckpt else None
+    if layout is None:
+        layout = (choose_layout(distiller, sample, device, probe=not cfg.deterministic) if cfg.channels_last
+                  else {"student": False, "teacher": False})
+    student, teacher = _broadcast_flags([layout["student"], layout["teacher"]], device)
+    return {"student": student, "teacher": teacher}
+
+
+def _loaders(data: DataBundle, cfg: TrainConfig, device: torch.device, channels_last: bool) -> tuple[DeviceLoader, DeviceLoader]:
+    """The shuffled, augmented training loader (this rank's shard) and the validation loader."""
+    rank, world = distributed_world()
+    train = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
+                         drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
+                         channels_last=channels_last, rank=rank, world_size=world)
+    val = DeviceLoader(data.val, data, max(cfg.batch_size, 256), device=device, channels_last=channels_last,
+                       rank=rank, world_size=world)
+    return train, val
+
+
+def _logit_cache(distiller: Distiller, cfg: TrainConfig, loader: DeviceLoader, data: DataBundle,
+                 bf16: bool) -> TeacherLogitCache | None:
+    """The exact teacher-logit cache, for logit methods when asked (feature methods need the live teacher)."""
+    if (cfg.teacher_cache or cfg.teacher_cache_dir) and distiller.needs_teacher and not distiller.needs_teacher_features:
+        return shared_cache(distiller.teacher, loader, data.num_classes, amp=bf16, directory=cfg.teacher_cache_dir)
+    return None
 
 
 def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | None = None, *,
@@ -300,76 +345,44 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides).validate()
     distiller = model if isinstance(model, Distiller) else Distiller(model)
-    student = distiller.student
-    device = resolve_device(cfg.device)
-    rank, world = _dist()
+    student, device, (rank, world) = distiller.student, resolve_device(cfg.device), distributed_world()
     out = Path(out_dir) if out_dir is not None else None
-    ckpt = _resume_state(out, resume, cfg)
+    ckpt = resume_checkpoint(out, resume, cfg)
     # a resumed run keeps its precision; a deterministic one must not depend on a timing
     precision = ckpt["precision"] if ckpt else resolve_precision(cfg.precision, device, probe=not cfg.deterministic)
-    if world > 1:  # every rank trains in rank 0's precision
-        flag = torch.tensor([precision == "bf16"], dtype=torch.int64, device=device)
-        dist.broadcast(flag, 0)
-        precision = "bf16" if flag.item() else "fp32"
-    bf16 = precision == "bf16"
+    bf16 = _broadcast_flags([precision == "bf16"], device)[0]
+    precision = "bf16" if bf16 else "fp32"
     seed_everything(cfg.seed, cfg.deterministic)
 
     distiller.to(device)
     sample = next(iter(DeviceLoader(data.train, data, min(64, len(data.train)), device=device))).images
     if ckpt is None:  # data-dependent init (airbench's whitening); a resumed run loads it with the weights
         init_from_data(student, data)
-    layout = ckpt.get("channels_last") if ckpt else None  # a resumed run keeps its memory format
-    if layout is None:
-        layout = (choose_layout(distiller, sample, device, probe=not cfg.deterministic) if cfg.channels_last
-                  else {"student": False, "teacher": False})
-    if world > 1:  # every rank runs rank 0's layout
-        flags = torch.tensor([layout["student"], layout["teacher"]], dtype=torch.int64, device=device)
-        dist.broadcast(flags, 0)
-        layout = {"student": bool(flags[0]), "teacher": bool(flags[1])}
+    layout = _run_layout(distiller, sample, device, cfg, ckpt)
     apply_layout(distiller, layout)
-    channels_last = layout["student"]  # the batches follow the student's layout
-    train_loader = DeviceLoader(data.train, data, cfg.batch_size, device=device, augment=cfg.augment, shuffle=True,
-                                drop_last=len(data.train) // world >= cfg.batch_size, seed=cfg.seed, pad=cfg.pad,
-                                channels_last=channels_last, rank=rank, world_size=world)
-    val_loader = DeviceLoader(data.val, data, max(cfg.batch_size, 256), device=device,
-                              channels_last=channels_last, rank=rank, world_size=world)
+    train_loader, val_loader = _loaders(data, cfg, device, channels_last=layout["student"])
     distiller.prepare(sample[:8])
     params = distiller.trainable_parameters()
     if world > 1:  # identical start on every rank
         for t in list(params) + list(student.buffers()):
             dist.broadcast(t.data, 0)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    optimizer = _make_optimizer(params, cfg)
-    scheduler = _make_scheduler(optimizer, cfg, steps)
-    cache = None
-    if (cfg.teacher_cache or cfg.teacher_cache_dir) and distiller.needs_teacher and not distiller.needs_teacher_features:
-        cache = shared_cache(distiller.teacher, train_loader, data.num_classes, amp=bf16,
-                             directory=cfg.teacher_cache_dir)
-        hits0, misses0 = cache.hits, cache.misses
+    optimizer = make_optimizer(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    cache = _logit_cache(distiller, cfg, train_loader, data, bf16)
+    hits0, misses0 = (cache.hits, cache.misses) if cache is not None else (0, 0)
     if cfg.compile:
         if distiller.needs_teacher_features:  # hooks re-registered every step would force recompiles
             raise ConfigError("compile=True works with logit methods only (baseline, kd, dkd); feature methods "
                               "read forward hooks. Set compile=False for this method.")
         student.compile()  # in place: state_dict keys stay the same
 
-    rows: list[dict] = []
-    best_state = None
-    start_epoch, best_acc, best_epoch, resumed_from, stale = 0, -1.0, -1, None, 0
-    if ckpt:
-        student.load_state_dict(ckpt["student"])
-        distiller.terms.load_state_dict(ckpt["terms"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device)
-        rows, best_acc, best_epoch, stale = ckpt["history"], ckpt["best_val_acc"], ckpt["best_epoch"], ckpt["stale"]
-        start_epoch = resumed_from = ckpt["epoch"] + 1
-        if rank == 0:
-            print(f"resumed from {out / 'last.pt'} after epoch {ckpt['epoch'] + 1}", flush=True)
-
-    term_names = [t.name for t in distiller.terms]
+    run = restore(ckpt, distiller, optimizer, scheduler, device)
+    if ckpt and rank == 0:
+        print(f"resumed from {out / 'last.pt'} after epoch {run.start_epoch}", flush=True)
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.early_stopping is not None and stale >= cfg.early_stopping:
+    for epoch in range(run.start_epoch, cfg.epochs):
+        if cfg.early_stopping is not None and run.stale >= cfg.early_stopping:
             break
         t0 = time.perf_counter()
         train = train_epoch(distiller, train_loader, optimizer, None if cfg.schedule == "plateau" else scheduler,
@@ -377,50 +390,25 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
                             run_steps=cfg.epochs * steps)
         if cache is not None and cache.path is not None:  # every rank: each holds the views of its own shard
             cache.persist()
-        cm, val_loss_sum = confusion(student, val_loader, data.num_classes, bf16)
-        val = metrics_from_confusion(cm)
-        if cfg.schedule == "plateau":
-            scheduler.step(val["acc"])
-        row = {"epoch": epoch + 1, **train, "val_loss": val_loss_sum / max(len(data.val), 1), "val_acc": val["acc"],
-               "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        rows.append(row)
-        improved = val["acc"] > best_acc
-        if improved:
-            best_acc, best_epoch, stale = val["acc"], epoch + 1, 0
-        else:
-            stale += 1
+        improved = close_epoch(run, distiller, train, val_loader, data, epoch, optimizer, scheduler, cfg, bf16,
+                               seconds=0.0)
+        run.rows[-1]["seconds"] = time.perf_counter() - t0
         if rank == 0:
             if not cfg.progress:
-                terms = " ".join(f"{n}={row[f'loss_{n}']:.4f}" for n in term_names)
-                print(f"epoch {epoch + 1:>3}/{cfg.epochs} {terms} train_acc={row['train_acc']:.4f} "
-                      f"val_acc={row['val_acc']:.4f} val_f1={row['val_f1']:.4f} lr={row['lr']:.2e} "
-                      f"{row['seconds']:.1f}s{' *' if improved else ''}", flush=True)
+                _log_epoch(run.rows[-1], cfg.epochs, [t.name for t in distiller.terms], improved)
             if out:
-                if improved:
-                    atomic_save({"model": student.state_dict(), "epoch": epoch, "val_acc": best_acc}, out / "best.pt")
-                atomic_save({"student": student.state_dict(), "terms": distiller.terms.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": _rng_state(device),
-                             "history": rows, "best_val_acc": best_acc, "best_epoch": best_epoch, "stale": stale,
-                             "config_key": cfg.key(), "config": dataclasses.asdict(cfg), "precision": precision,
-                             "channels_last": layout},
-                            out / "last.pt")
-                atomic_write_text(pd.DataFrame(rows).to_csv(index=False), out / "history.csv")
-        if best_epoch == epoch + 1:
-            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+                save_epoch(out, run, distiller, optimizer, scheduler, epoch, rng_state(device), cfg, precision,
+                           layout, improved)
     if world > 1:  # rank 0 may still be writing this run's best.pt: others must not load the previous one
         dist.barrier()
-    if out and (out / "best.pt").exists():
-        student.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    elif best_state is not None:
-        student.load_state_dict(best_state)
-    student.eval()
+    load_best(student, out, run)
     cache_stats = None if cache is None else {"hits": cache.hits - hits0, "misses": cache.misses - misses0,
                                               "fill_fraction": cache.fill_fraction}
-    return FitResult(pd.DataFrame(rows), best_epoch, best_acc, str(device), time.perf_counter() - t_start, out,
-                     resumed_from, precision, cache_stats, layout)
+    return FitResult(pd.DataFrame(run.rows), run.best_epoch, run.best_acc, str(device), time.perf_counter() - t_start,
+                     out, run.resumed_from, precision, cache_stats, layout)
 
 
-def _check_finite(pending: list[tuple[int, int, torch.Tensor]], names: list[str]) -> None:
+def check_finite(pending: list[tuple[int, int, torch.Tensor]], names: list[str]) -> None:
     """Stop at the first step whose term was NaN/Inf, naming the term and the step."""
     if not pending or bool(torch.isfinite(torch.stack([v for *_, v in pending])).all()):
         return
