@@ -2,10 +2,12 @@
 
     data      load_dataset(...) -> DataBundle; DeviceLoader (batches + augmentation on the device)
     models    create_model(name, num_classes, in_channels, pretrained); FeatureHooks
-    losses    kd_loss, dkd_loss, at_loss, sp_loss, hidden-state cosine, FitNet regressor
+    losses    kd_loss, dkd_loss, dist_loss, at_loss, sp_loss, hidden-state cosine, FitNet regressor
+    terms     Term, register: one weighted loss module per method name
     distill   Distiller, make_distiller(method, student, teacher)
-    train     fit(model_or_distiller, data, TrainConfig) -> FitResult
-    evaluate  metrics, confusion matrix, parameters / MB / FLOPs / latency
+    train     fit(model_or_distiller, data, TrainConfig) -> FitResult (checkpoint: resuming)
+    metrics   accuracy and macro P/R/F1 from a confusion matrix
+    evaluate  test metrics and predictions, MB, CPU latency
 """
 from .data import DataBundle, DeviceLoader, load_dataset
 from .distill import Distiller, make_distiller
