@@ -5,7 +5,6 @@ Built from every results JSON in the published folder, so a partial report keeps
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 from pathlib import Path
@@ -125,63 +124,35 @@ def notebook_rows(folder: Path, results: dict[str, dict], this_run: list[dict]) 
 
 
 def write_index(folder: Path, profile: str, this_run: list[dict], seconds: float) -> Path:
-    """index.html, leaderboard.csv and leaderboard.md from every JSON in the published folder."""
-    e = html.escape
+    """index.html (templates/index.html.j2), leaderboard.csv and leaderboard.md from every JSON in the folder."""
     results = load_results(folder)
     board = leaderboard(results)
     atomic_write_text(board.to_csv(index=False), folder / "leaderboard.csv")
     write_markdown(board, folder / "leaderboard.md")
-
-    def link(href, text):
-        return f"<a href='{e(href)}'>{e(text)}</a>" if href else e(text)
-
     nb_rows = notebook_rows(folder, results, this_run)
-    status_html = "".join(
-        f"<tr class='{r['status'].replace(' ', '-')}'><td>{link(r['page'], r['notebook'])}</td>"
-        f"<td>{link(r['failed_page'], r['status'])}</td><td>{cell(r['this_run'])}</td><td>{e(cell(r['results_from']))}</td>"
-        f"<td>{cell(r['seconds'], '.0f')}</td><td>{e(cell(r['device']))}</td><td>{e(r['error'])}</td></tr>"
-        for r in nb_rows)
-    findings_html = "".join(f"<tr class='{e(f['status'].replace(' ', '-'))}'>" + "".join(
-        f"<td>{e(f[k])}</td>" for k in ("claim", "seed", "goal", "ours", "status")) + "</tr>" for f in findings(results))
     shown = display_rows(board)
-    header = "".join(f"<th>{e(c)}</th>" for c in (shown[0] if shown else ["notebook"]))
-    board_html = "".join(
-        f"<tr><td>{link(raw['page'], r['notebook'])}</td>" + "".join(f"<td>{e(v)}</td>" for k, v in r.items() if k != "notebook")
-        + "</tr>" for r, raw in zip(shown, board.to_dict("records")))
     same_scaling: dict[str, list[str]] = {}  # text -> notebooks, each text once
     for r in nb_rows:
         if r["scaling"]:
             same_scaling.setdefault(r["scaling"], []).append(r["notebook"])
-    scaling = "".join(f"<li><b>{e(', '.join(nbs))}</b>: {e(text)}</li>" for text, nbs in same_scaling.items())
-    failed = [r["notebook"] for r in nb_rows if r["status"] == "failed"]
-    ran = ", ".join(s["notebook"] for s in this_run)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>kdcore report · {e(profile)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 7px;text-align:left}} tr.failed td{{background:#fdd}} th{{background:#eee}}
-tr.not-run td{{color:#888}}</style>
-</head><body>
-<h1>kdcore report — profile <code>{e(profile)}</code></h1>
-<p><b>{'FAILED in their latest run: ' + e(', '.join(failed)) if failed else 'Every notebook with results ran successfully.'}</b></p>
-<p>This run: {e(ran)} ({seconds:.0f} s). Other rows are from earlier runs, as their “results from” column says.</p>
-<h2>Findings</h2>
-<p>The claims of the reports kdcore grew from, at this profile's scale (see Scaling below): their number, ours from
-the notebooks' results (paired 95 % interval of a gain over the student alone), and whether our goal is met.</p>
-<table><tr><th>claim</th><th>seed report</th><th>goal</th><th>ours</th><th>status</th></tr>{findings_html}</table>
-<h2>Notebooks</h2>
-<table><tr><th>notebook</th><th>latest run</th><th>in this run</th><th>results from</th><th>seconds</th><th>device</th>
-<th>error (last line)</th></tr>{status_html}</table>
-<h2>Leaderboard</h2>
-<p>Student test accuracy and macro-F1 as mean ± std over seeds (n). Δ is the mean gain over the notebook's baseline
-student (same architecture, same seeds) with its paired 95 % t interval; “significant” means the paired t-test's
-p-value, Holm-adjusted over the rows of the notebook's table (p (Holm)), is below 0.05, which keeps the chance of any
-false “significant” in that table at 5 % (– with one seed, or for another architecture). Checkpoints were chosen on the
-validation split; the test split was
-used once per run. Latency: CPU, batch 1, median of interleaved repeats, with the thread count used.</p>
-<table><tr>{header}</tr>{board_html}</table>
-<h2>Scaling</h2><ul>{scaling}</ul>
-<p>Also: <a href="leaderboard.csv">leaderboard.csv</a>, <a href="leaderboard.md">leaderboard.md</a>.</p>
-</body></html>"""
+    page = _template("index.html.j2").render(
+        profile=profile, seconds=seconds, ran=", ".join(s["notebook"] for s in this_run), findings=findings(results),
+        failed=[r["notebook"] for r in nb_rows if r["status"] == "failed"],
+        notebooks=[{**r, "this_run": cell(r["this_run"]), "results_from": cell(r["results_from"]),
+                    "seconds": cell(r["seconds"], ".0f"), "device": cell(r["device"])} for r in nb_rows],
+        columns=list(shown[0]) if shown else ["notebook"],
+        board=[{"page": raw["page"], "notebook": r["notebook"], "cells": [v for k, v in r.items() if k != "notebook"]}
+               for r, raw in zip(shown, board.to_dict("records"))],
+        scaling=same_scaling)
     return atomic_write_text(page, folder / "index.html")
+
+
+def _template(name: str):
+    """A page template of kdcore/templates, HTML-escaping every value it is given."""
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.PackageLoader("kdcore", "templates"), autoescape=True,
+                             keep_trailing_newline=True)
+    return env.get_template(name)
 
 
 def export_figures(results: Path, images: Path, notebooks: list[str] | None = None) -> list[Path]:

@@ -30,4 +30,4 @@ def test_reports_reuse_every_run_the_workers_trained(tmp_path):
     assert trained_runs(pages / "05_bonus.ipynb") == ["l2logits seed 0"]  # defined in the notebook: never cached
     assert trained_runs(pages / "06_efficientvit.ipynb") == trained_runs(pages / "07_eurosat.ipynb") == []
     index = (pages / "index.html").read_text()
-    assert all(f"href='{nb}.html'" in index for nb in ("02_logits", "05_bonus", "06_efficientvit", "07_eurosat"))
+    assert all(f'href="{nb}.html"' in index for nb in ("02_logits", "05_bonus", "06_efficientvit", "07_eurosat"))

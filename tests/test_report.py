@@ -153,7 +153,7 @@ def test_partial_run_replaces_only_its_own_pages_and_keeps_the_other_rows(tmp_pa
     assert board.count("| 01_baseline |") == 3 and board.count("| 02_logits |") == 3 and board.count("| 05_bonus |") == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]  # the stage folder is gone
     index = (folder / "index.html").read_text()
-    assert "href='01_baseline.html'" in index and "href='05_bonus.html'" in index
+    assert 'href="01_baseline.html"' in index and 'href="05_bonus.html"' in index
 
 
 def test_failed_notebook_keeps_its_last_good_page(tmp_path, monkeypatch, capsys):
@@ -165,7 +165,7 @@ def test_failed_notebook_keeps_its_last_good_page(tmp_path, monkeypatch, capsys)
     assert (folder / "02_logits.json").read_bytes() == old and (folder / "02_logits.html").read_text() == "old 02_logits"
     assert (folder / "02_logits.failed.html").read_text() == "new 02_logits"
     index = (folder / "index.html").read_text()
-    assert "FAILED in their latest run: 02_logits" in index and "href='02_logits.failed.html'" in index
+    assert "FAILED in their latest run: 02_logits" in index and 'href="02_logits.failed.html"' in index
     assert "ValueError: boom" in index
     _fake_runs(monkeypatch, {"02_logits": "ok"})
     assert report.run(report.Plan("smoke", ["02_logits"], tmp_path, False, {"02_logits": {}})) == 0
@@ -275,7 +275,7 @@ def test_smoke_report_end_to_end(tmp_path):
         assert 'data-mime-type="application/vnd.jupyter.stderr"' not in page  # no red box (was: "No CUDA runtime")
         res = json.loads((out / f"{nb}.json").read_text())
         assert res["metrics"] and all(0 <= m["test_acc_mean"] <= 1 for m in res["metrics"])
-        assert f"href='{nb}.html'" in index
+        assert f'href="{nb}.html"' in index
     assert "FAILED" not in index and not re.search(r"\bNaN\b|\bFalse\b|\bNone\b|PosixPath|\d\.\d{5,}", index)
     assert (out / "leaderboard.csv").exists() and (out / "leaderboard.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "images", "smoke"]  # the stage folder is gone
