@@ -44,9 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from kdcore import airbench, create_model, fit, load_dataset, make_distiller, profiles  # noqa: E402
 from kdcore.cache import TeacherLogitCache  # noqa: E402
-from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
+from kdcore.data import DeviceLoader  # noqa: E402
 from kdcore.provenance import git_commit  # noqa: E402
 from kdcore.losses import kd_loss  # noqa: E402
+from kdcore.models import init_from_data  # noqa: E402
 from kdcore.runtime import cpu_features, resolve_device, resolve_precision  # noqa: E402
 from kdcore.metrics import confusion, metrics_from_confusion  # noqa: E402
 from kdcore.train import apply_layout, train_step  # noqa: E402
@@ -282,7 +284,7 @@ def main(argv=None):
           flush=True)
     torch.manual_seed(1)
     student0 = create_model(a.student, num_classes=data.num_classes)
-    airbench.init_from_data(student0, data)  # an airbench-family student starts whitened in both loops (fit does this)
+    init_from_data(student0, data)  # an airbench-family student starts whitened in both loops (fit does this)
 
     print("(a) seed-style loop", flush=True)
     ref_student = copy.deepcopy(student0)

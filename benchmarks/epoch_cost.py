@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdcore import create_model, load_dataset, make_distiller  # noqa: E402
-from kdcore.data import DeviceLoader, atomic_write_text  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
+from kdcore.data import DeviceLoader  # noqa: E402
 from kdcore.provenance import git_commit  # noqa: E402
 from kdcore.runtime import cpu_features, resolve_device, resolve_precision  # noqa: E402
 from kdcore.train import apply_layout, choose_layout, train_step  # noqa: E402

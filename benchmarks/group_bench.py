@@ -29,7 +29,7 @@ from kdcore import create_model, fit, make_distiller  # noqa: E402
 from kdcore import experiments as ex  # noqa: E402
 from kdcore import provenance  # noqa: E402
 from kdcore.cache import clear_shared_caches  # noqa: E402
-from kdcore.data import atomic_write_text  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
 from kdcore.evaluate import evaluate  # noqa: E402
 from kdcore.group import fit_group  # noqa: E402
 from kdcore.runtime import cpu_features, resolve_device  # noqa: E402

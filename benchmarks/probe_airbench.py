@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdcore import airbench, load_dataset  # noqa: E402
-from kdcore.data import atomic_write_text  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
 from kdcore.evaluate import classification_metrics  # noqa: E402
 from kdcore.experiments import resolve_data_root  # noqa: E402
 from kdcore.provenance import git_commit  # noqa: E402
-from kdcore.models import count_parameters  # noqa: E402
+from kdcore.models import AirbenchNet, count_parameters  # noqa: E402
 from kdcore.runtime import cpu_features, seed_everything  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     commit, started = git_commit(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     data = load_dataset("cifar10", resolve_data_root(args.data_root), seed=0)
     seed_everything(args.seed)
-    model = airbench.AirbenchNet(data.num_classes, data.in_channels, widths=tuple(args.widths))
+    model = AirbenchNet(data.num_classes, data.in_channels, widths=tuple(args.widths))
     t0 = time.perf_counter()
     run = airbench.train(model, data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     test_logits = airbench.view_logits(model, data.test.images, data, airbench.TTA_VIEWS[:1])[0]

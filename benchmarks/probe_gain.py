@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdcore import stats  # noqa: E402
-from kdcore.data import atomic_write_text  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
 
 METRICS = ("test_acc", "test_f1")
 RUN_FIELDS = ("seed", "method", "student", "teacher", "epochs_run", "best_epoch", "best_val_acc", *METRICS, "seconds",

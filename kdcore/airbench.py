@@ -40,8 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataBundle, DeviceLoader, Split, apply_views, atomic_save
+from .checkpoint import resume_state, save_checkpoint
+from .data import DataBundle, DeviceLoader, Split, apply_views
 from .errors import ConfigError, unknown_name
+from .models.airbench import AirbenchNet, ShiftBatchNorm, init_from_data
 from .runtime import PRECISIONS, choose_channels_last, cpu_features, resolve_device, resolve_precision
 
 # airbench94's hyper-parameters (hyp in airbench94.py), in its decoupled form
@@ -55,112 +57,11 @@ TRANSLATE = 2  # pixels
 LOOKAHEAD_EVERY = 5  # steps
 EPOCHS = 9.9
 BATCH_SIZE = 1024
-WHITEN_IMAGES = 5000  # training images whose patches set the whitening
 
 # TTA views (airbench tta_level=2): (mirrored, window offset in both axes, weight). Offset -1 crops the
 # window one pixel up-left of a 1-pixel zero-padded image (its content moves down-right), +1 down-right.
 TTA_VIEWS = ((False, 0, 1 / 4), (True, 0, 1 / 4),
              (False, -1, 1 / 8), (True, -1, 1 / 8), (False, 1, 1 / 8), (True, 1, 1 / 8))
-
-
-# --------------------------------------------------------------------------- network
-class ShiftBatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale is fixed at 1, so only its shift (bias) trains; airbench's momentum 0.6 is torch's 0.4.
-
-    The scale is left out (affine=False) rather than frozen, so every parameter of the net trains. The shift is
-    added after the normalisation, not passed to F.batch_norm: with a bias and no weight, its CUDA backward returns
-    an empty bias gradient ("invalid gradient at index 2 - got [0]", torch 2.11 on an H100).
-    """
-
-    def __init__(self, channels: int):
-        super().__init__(channels, eps=1e-12, momentum=0.4, affine=False)
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum, self.eps)
-        return y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-
-
-def _conv(cin: int, cout: int) -> nn.Conv2d:
-    """3×3 conv whose first `cin` filters start as the identity (dirac), the rest at torch's default init."""
-    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-    with torch.no_grad():
-        nn.init.dirac_(conv.weight[:cin])
-    return conv
-
-
-class ConvGroup(nn.Module):
-    """One stage: conv → max-pool 2 → BN → GELU → conv → BN → GELU (halves the resolution)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv1, self.pool, self.norm1 = _conv(cin, cout), nn.MaxPool2d(2), ShiftBatchNorm(cout)
-        self.conv2, self.norm2 = _conv(cout, cout), ShiftBatchNorm(cout)
-        self.act = nn.GELU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
-
-
-class Whitening(nn.Module):
-    """A 2×2 conv whose filters are a buffer (frozen by construction: no optimiser sees them), set from
-    data by init_whitening, plus a trainable bias. It pads 1 pixel bottom/right, so 32² in gives 32² out."""
-
-    def __init__(self, in_channels: int, kernel_size: int = 2):
-        super().__init__()
-        channels = 2 * in_channels * kernel_size ** 2  # + and − each eigenvector of the k×k patches
-        weight = torch.empty(channels, in_channels, kernel_size, kernel_size)
-        self.register_buffer("weight", nn.init.kaiming_uniform_(weight, a=math.sqrt(5)))  # nn.Conv2d's init until then
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias)
-
-
-class AirbenchNet(nn.Module):
-    """whiten (2×2, frozen filters) → GELU → block1 → block2 → block3 → global max-pool → linear / 9.
-
-    At 32² input the stage outputs block1/block2/block3 are 16²/8²/4² (the model's feature blocks).
-    train() sets the whitening filters from the training images; until then they are random (nn.Conv2d's init).
-    """
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (64, 256, 256)):
-        super().__init__()
-        self.whiten = Whitening(in_channels)
-        self.act = nn.GELU()
-        self.block1 = ConvGroup(len(self.whiten.bias), widths[0])
-        self.block2 = ConvGroup(widths[0], widths[1])
-        self.block3 = ConvGroup(widths[1], widths[2])
-        self.fc = nn.Linear(widths[2], num_classes, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.whiten(x))
-        x = self.block3(self.block2(self.block1(x)))
-        return self.fc(torch.amax(x, dim=(2, 3))) / 9
-
-
-@torch.no_grad()
-def init_whitening(whiten: Whitening, images: torch.Tensor, eps: float = 5e-4) -> None:
-    """Make `whiten` whiten the k×k patches of normalised `images`: filter i is eigenvector i of the
-    patches' second-moment matrix over sqrt(eigenvalue + eps), so its outputs are decorrelated with unit
-    variance; the second half is the negation of the first, so the GELU after it keeps both signs."""
-    c, k = images.shape[1], whiten.weight.shape[-1]
-    patches = images.float().unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
-    eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
-    filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, c, k, k)
-    whiten.weight.copy_(torch.cat([filters, -filters]))
-
-
-@torch.no_grad()
-def init_from_data(model: nn.Module, data: DataBundle) -> None:
-    """Set every Whitening in `model` from the first WHITEN_IMAGES training images (on the model's device).
-
-    fit() calls this for a fresh student, so an airbench-family student is whitened as airbench.train whitens its
-    teacher; a model without a Whitening module is left alone."""
-    for layer in model.modules():
-        if isinstance(layer, Whitening):
-            init_whitening(layer, data.normalize(data.train.images[:WHITEN_IMAGES].to(layer.weight.device)))
 
 
 # --------------------------------------------------------------------------- training
@@ -219,21 +120,72 @@ def _channels_last(model: nn.Module, data: DataBundle, device: torch.device) -> 
     return choose_channels_last(model, sample, device, train=True)
 
 
-def _load_state(checkpoint: Path | None, recipe: dict) -> dict | None:
-    """The state saved after an epoch of this same recipe, or None to start fresh; another recipe's is refused."""
-    if checkpoint is None or not checkpoint.exists():
-        return None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state.get("recipe") != recipe:
-        raise ConfigError(f"{checkpoint} holds another airbench run ({state.get('recipe')}, this one: {recipe}); "
-                          "delete it to start afresh, or pass another checkpoint path.")
-    return state
-
-
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+class _Optimisation:
+    """The recipe's optimiser, lr schedule and lookahead, saved and restored together."""
+
+    def __init__(self, model: AirbenchNet, batch_size: int, total_steps: int):
+        self.optimizer = _optimizer(model, batch_size)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps))
+        self.lookahead = Lookahead(model)
+
+    def state(self) -> dict:
+        return dict(optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(), lookahead=self.lookahead.slow)
+
+    def restore(self, state: dict, device: torch.device) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.lookahead.slow = {k: v.to(device) for k, v in state["lookahead"].items()}
+
+
+def _train_epoch(model: AirbenchNet, loader: DeviceLoader, mirrored: torch.Tensor, opt: _Optimisation, epoch: int,
+                 step: int, total_steps: int, bf16: bool) -> tuple[int, float, float]:
+    """One epoch of airbench's step, stopping at `total_steps`; returns (step, train loss, train accuracy)."""
+    model.train()
+    model.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
+    loader.set_epoch(epoch)
+    loss_sum = correct = torch.zeros((), device=mirrored.device)
+    seen = 0
+    for batch in loader:
+        flip = (mirrored[batch.index] ^ bool(epoch % 2))[:, None, None, None]  # alternating flip
+        x = torch.where(flip, batch.images.flip(-1), batch.images)
+        with torch.autocast(mirrored.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=LABEL_SMOOTHING, reduction="sum")
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.optimizer.step()
+        opt.schedule.step()
+        step += 1
+        loss_sum = loss_sum + loss.detach()
+        correct = correct + (logits.argmax(1) == batch.labels).sum()
+        seen += len(batch.labels)
+        if step % LOOKAHEAD_EVERY == 0:
+            opt.lookahead.update(model, decay=0.95 ** 5 * (step / total_steps) ** 3)
+        if step == total_steps:
+            opt.lookahead.update(model, decay=1.0)  # end on the slow weights (as airbench: drops the last steps % 5)
+            break
+    return step, loss_sum.item() / seen, correct.item() / seen
+
+
+def _start(model: AirbenchNet, data: DataBundle, device: torch.device, state: dict | None) -> bool:
+    """Whiten a fresh model from the data, or load a resumed one (its whitening comes with the weights, and the
+    run keeps the layout it started with); returns whether it runs channels-last."""
+    model.to(device)
+    if state is None:
+        init_from_data(model, data)
+        channels_last = _channels_last(model, data, device)
+    else:
+        model.load_state_dict(state["model"])
+        channels_last = state["channels_last"]
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last
 
 
 def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_size: int = BATCH_SIZE,
@@ -263,89 +215,54 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     device, precision, amx = _resolve(device, precision)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     recipe = dict(epochs=epochs, batch_size=batch_size, seed=seed, precision=precision, train_size=len(data.train))
-    state = _load_state(checkpoint, recipe)
-    bf16 = precision == "bf16"
-    start = _now(device)
-    model.to(device)
-    if state is None:
-        init_from_data(model, data)
-        channels_last = _channels_last(model, data, device)
-    else:  # the whitening comes with the weights, and the run keeps the layout it started with
-        model.load_state_dict(state["model"])
-        channels_last = state["channels_last"]
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
+    state = resume_state(checkpoint, recipe, field="recipe", what="another airbench run",
+                         fix="delete it to start afresh, or pass another checkpoint path")
+    bf16, start = precision == "bf16", _now(device)
+    channels_last = _start(model, data, device, state)
     loader = DeviceLoader(data.train, data, batch_size, device=device, augment=True, shuffle=True, drop_last=True,
                           seed=seed, pad=TRANSLATE, flip=False, channels_last=channels_last)
     mirrored = torch.randint(2, (len(data.train),), generator=torch.Generator().manual_seed(seed)).bool().to(device)
     total_steps = math.ceil(len(loader) * epochs)
-    optimizer = _optimizer(model, batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps))
-    lookahead = Lookahead(model)
-    history, step, train_seconds, first_epoch = [], 0, _now(device) - start, 0
+    opt = _Optimisation(model, batch_size, total_steps)
+    history, step, train_seconds = [], 0, _now(device) - start
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        lookahead.slow = {k: v.to(device) for k, v in state["lookahead"].items()}
-        history, step, train_seconds, first_epoch = state["history"], state["step"], state["train_seconds"], len(state["history"])
+        opt.restore(state, device)
+        history, step, train_seconds = state["history"], state["step"], state["train_seconds"]
         if progress:
-            print(f"resumed from {checkpoint} after epoch {first_epoch}", flush=True)
+            print(f"resumed from {checkpoint} after epoch {len(history)}", flush=True)
+    first_epoch = len(history)
     for epoch in range(first_epoch, math.ceil(epochs)):
         t0 = _now(device)
-        model.train()
-        model.whiten.bias.requires_grad_(epoch < WHITEN_BIAS_EPOCHS)
-        loader.set_epoch(epoch)
-        loss_sum = correct = torch.zeros((), device=device)
-        seen = 0
-        for batch in loader:
-            flip = (mirrored[batch.index] ^ bool(epoch % 2))[:, None, None, None]
-            x = torch.where(flip, batch.images.flip(-1), batch.images)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=LABEL_SMOOTHING, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            loss_sum = loss_sum + loss.detach()
-            correct = correct + (logits.argmax(1) == batch.labels).sum()
-            seen += len(batch.labels)
-            if step % LOOKAHEAD_EVERY == 0:
-                lookahead.update(model, decay=0.95 ** 5 * (step / total_steps) ** 3)
-            if step == total_steps:
-                lookahead.update(model, decay=1.0)  # end on the slow weights (as airbench: drops the last steps % 5)
-                break
+        step, train_loss, train_acc = _train_epoch(model, loader, mirrored, opt, epoch, step, total_steps, bf16)
         train_seconds += _now(device) - t0
         val_acc = evaluate(model, data.val, data, bf16=bf16, tta=False)["acc"]
-        history.append(dict(epoch=epoch + 1, steps=step, lr=optimizer.param_groups[1]["lr"],
-                            train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen,
-                            val_acc=val_acc, seconds=train_seconds))
+        history.append(dict(epoch=epoch + 1, steps=step, lr=opt.optimizer.param_groups[1]["lr"], train_loss=train_loss,
+                            train_acc=train_acc, val_acc=val_acc, seconds=train_seconds))
         if checkpoint is not None and step < total_steps:
-            atomic_save(dict(recipe=recipe, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             schedule=schedule.state_dict(), lookahead=lookahead.slow, history=history, step=step,
-                             train_seconds=train_seconds, channels_last=channels_last), checkpoint)
+            save_checkpoint(dict(recipe=recipe, model=model.state_dict(), **opt.state(), history=history, step=step,
+                                 train_seconds=train_seconds, channels_last=channels_last), checkpoint)
         if progress:
-            h = history[-1]
-            print(f"epoch {h['epoch']:2d}/{math.ceil(epochs)}  step {step}/{total_steps}  loss {h['train_loss']:.4f}  "
-                  f"train acc {h['train_acc']:.4f}  val acc {val_acc:.4f}  {train_seconds:.1f} s", flush=True)
+            print(f"epoch {epoch + 1:2d}/{math.ceil(epochs)}  step {step}/{total_steps}  loss {train_loss:.4f}  "
+                  f"train acc {train_acc:.4f}  val acc {val_acc:.4f}  {train_seconds:.1f} s", flush=True)
         if step == total_steps:
             break
     model.whiten.bias.requires_grad_(True)  # frozen only for the rest of this recipe
+    run = dict(history=history, seconds=None, train_seconds=train_seconds, device=str(device), precision=precision,
+               amx=amx, channels_last=channels_last, threads=torch.get_num_threads(), epochs=epochs, steps=step,
+               batch_size=batch_size, seed=seed, resumed_from=first_epoch if state is not None else None)
+    return _test(model, data, run, bf16, start, progress)
 
+
+def _test(model: AirbenchNet, data: DataBundle, run: dict, bf16: bool, start: float, progress: bool) -> dict:
+    """`run` with the final validation and test accuracy, without and with TTA, and the call's wall time."""
     val, test = evaluate(model, data.val, data, bf16=bf16), evaluate(model, data.test, data, bf16=bf16)
-    result = dict(history=history, val_acc=val["acc"], val_acc_tta=val["acc_tta"], test_acc=test["acc"],
-                  test_acc_tta=test["acc_tta"], seconds=_now(device) - start, train_seconds=train_seconds,
-                  device=str(device), precision=precision, amx=amx, channels_last=channels_last,
-                  threads=torch.get_num_threads(),
-                  epochs=epochs, steps=step, batch_size=batch_size, seed=seed,
-                  resumed_from=first_epoch if state is not None else None)
+    run.update(val_acc=val["acc"], val_acc_tta=val["acc_tta"], test_acc=test["acc"], test_acc_tta=test["acc_tta"],
+               seconds=_now(torch.device(run["device"])) - start)
     if progress:
         print(f"val acc {val['acc']:.4f} (TTA {val['acc_tta']:.4f})  test acc {test['acc']:.4f} "
-              f"(TTA {test['acc_tta']:.4f})  train {train_seconds:.1f} s, total {result['seconds']:.1f} s "
-              f"({precision}, {result['threads']} threads)", flush=True)
-    return result
+              f"(TTA {test['acc_tta']:.4f})  train {run['train_seconds']:.1f} s, total {run['seconds']:.1f} s "
+              f"({run['precision']}, {run['threads']} threads)", flush=True)
+    return run
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -369,11 +286,6 @@ def view_logits(model: nn.Module, images: torch.Tensor, data: DataBundle, views=
                 per_view.append(model(x).float())
         out.append(torch.stack(per_view))
     return torch.cat(out, dim=1)
-
-
-def tta_logits(model: nn.Module, images: torch.Tensor, data: DataBundle, bf16: bool = False) -> torch.Tensor:
-    """The TTA prediction: the weighted mean of the logits over TTA_VIEWS (weights sum to 1)."""
-    return _weighted_mean(view_logits(model, images, data, bf16=bf16), TTA_VIEWS)
 
 
 def _weighted_mean(logits: torch.Tensor, views) -> torch.Tensor:

@@ -36,7 +36,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .data import DeviceLoader, apply_views, atomic_save, num_views
+from .atomic import atomic_save
+from .data import DeviceLoader, apply_views, num_views
 from .errors import CheckpointError
 
 try:
@@ -279,11 +280,12 @@ def shared_cache(teacher: nn.Module, loader: DeviceLoader, num_classes: int, amp
 
 def _file_name(teacher: nn.Module, identity: tuple) -> str:
     """A cache file's name: the table's identity (fingerprint, views, classes, amp, normaliser), the teacher's
-    class and the source of kdcore.models, so no teacher whose forward pass changed under the same weights reads it."""
+    class and the sources of kdcore.models, so no teacher whose forward pass changed under the same weights reads it."""
     from . import models
 
     h = hashlib.sha1(repr(identity).encode() + f"{type(teacher).__module__}.{type(teacher).__qualname__}".encode())
-    h.update(Path(models.__file__).read_bytes())
+    for source in sorted(Path(models.__file__).parent.glob("*.py")):
+        h.update(source.read_bytes())
     return f"{type(teacher).__name__.lower()}-{identity[0][:12]}-{h.hexdigest()[:12]}"
 
 

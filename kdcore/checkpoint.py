@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import atomic_save
+from .atomic import atomic_save
 from .errors import CheckpointError
 
 __all__ = ["load_checkpoint", "resume_state", "save_checkpoint", "rng_state", "set_rng_state"]

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .distill import METHODS
     from .models import list_models
-    from .train import OPTIMIZERS, SCHEDULES
+    from .config import OPTIMIZERS, SCHEDULES
 
     methods = ", ".join(["baseline", *sorted(METHODS)])
     epilog = (f"teachers: {', '.join(list_models('teacher'))}\nstudents: {', '.join(list_models('student'))}\n"
@@ -144,19 +144,10 @@ def _terms(distiller) -> dict:
                                              and isinstance(v, (int, float, str, bool, type(None)))}} for t in distiller.terms}
 
 
-def run(args: argparse.Namespace) -> dict:
-    import torch
-    import torch.distributed as dist
+def _check_teacher_args(args: argparse.Namespace) -> None:
+    """Refuse a teacher-less KD method, a checkpoint without its architecture, and an untrained teacher."""
+    from .distill import parse_method
 
-    from .data import load_dataset
-    from .distill import make_distiller, parse_method
-    from .evaluate import evaluate
-    from .models import create_model
-    from .provenance import git_commit
-    from .runtime import cpu_features, distributed_world
-    from .train import TrainConfig, fit
-
-    commit = git_commit()  # the code this run starts with
     if parse_method(args.method) and not args.teacher:  # (an unknown method name is refused first)
         raise ConfigError(f"--method {args.method} distils from a teacher: pass --teacher NAME with --teacher-checkpoint "
                           f"PATH or --teacher-pretrained, or use --method baseline.")
@@ -165,15 +156,36 @@ def run(args: argparse.Namespace) -> dict:
     if args.method.strip().lower() != "baseline" and args.teacher and not (args.teacher_checkpoint or args.teacher_pretrained):
         raise ConfigError(f"method {args.method!r} would distil from an untrained {args.teacher!r}; pass "
                           f"--teacher-checkpoint PATH (e.g. runs/teacher/best.pt) or --teacher-pretrained.")
+
+
+def _load_data(args: argparse.Namespace, split_seed: int):
+    from .data import load_dataset
+
     synthetic = None
     if args.dataset.lower() == "synthetic":
         quarter = max(args.synthetic_size // 4, args.synthetic_classes)
         synthetic = dict(num_classes=args.synthetic_classes, train_size=args.synthetic_size, val_size=quarter, test_size=quarter)
-    split_seed = args.seed if args.split_seed is None else args.split_seed
-    data = load_dataset(args.dataset, args.data_root, val_fraction=args.val_fraction, seed=split_seed,
+    return load_dataset(args.dataset, args.data_root, val_fraction=args.val_fraction, seed=split_seed,
                         image_size=args.image_size, channels=args.channels, train_limit=args.train_limit,
                         val_limit=args.val_limit, test_limit=args.test_limit, download=not args.no_download,
                         synthetic=synthetic)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from .distill import make_distiller
+    from .evaluate import evaluate
+    from .models import create_model
+    from .provenance import git_commit
+    from .runtime import cpu_features, distributed_world
+    from .train import TrainConfig, fit
+
+    commit = git_commit()  # the code this run starts with
+    _check_teacher_args(args)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    data = _load_data(args, split_seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       schedule=args.schedule, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       early_stopping=args.early_stopping, augment=not args.no_augment,

@@ -21,16 +21,16 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .airbench import init_from_data
 from .cache import TeacherLogitCache, shared_cache
 from .checkpoint import rng_state, set_rng_state
+from .config import FitResult, TrainConfig, make_optimizer, make_scheduler
 from .data import DataBundle, DeviceLoader
 from .distill import Distiller
 from .errors import ConfigError
-from .models import FeatureHooks
+from .models import FeatureHooks, init_from_data
 from .runtime import distributed_world, resolve_device, resolve_precision, seed_everything
-from .train import (FitResult, RunProgress, TrainConfig, apply_layout, check_finite, choose_layout, close_epoch,
-                    load_best, make_optimizer, make_scheduler, restore, resume_checkpoint, save_epoch)
+from .train import (RunProgress, apply_layout, check_finite, choose_layout, close_epoch, load_best, restore,
+                    resume_checkpoint, save_epoch)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -81,3 +82,51 @@ def params_for(profile: str, notebook: str) -> dict:
     defaults = notebook_defaults(notebook)
     p = PROFILES[check_profile(profile)]
     return copy.deepcopy({**defaults, **p["common"], **(p.get(notebook) or {}), "profile": profile})
+
+
+def _injected_by_papermill(namespace: dict) -> set[str]:
+    """Names passed with papermill -p: it adds a cell starting "# Parameters", which IPython's input history keeps."""
+    cells = [source for source in namespace.get("In", []) if source.startswith("# Parameters\n")]
+    return {node.targets[0].id for node in ast.parse(cells[-1]).body} if cells else set()
+
+
+def notebook_params(notebook: str, namespace: dict | None = None, **overrides) -> tuple[dict, dict]:
+    """The parameters of one notebook run, and who set each: "notebook", "profile <name>" or "explicit".
+
+    The profile named by `profile` is loaded over the notebook's defaults (profiles.params_for). Explicit values
+    win over both: names papermill injected (-p), values in `namespace` (the notebook's globals()) that differ
+    from the notebook's saved defaults (edited in Jupyter), and `overrides`.
+    """
+    defaults = notebook_defaults(notebook)
+    namespace = namespace or {}
+    injected = _injected_by_papermill(namespace)
+    unknown = sorted((injected | set(overrides)) - set(defaults))
+    if unknown:
+        raise unknown_name("parameter", unknown[0], defaults)
+    explicit = {k: namespace[k] for k in defaults if k in namespace and (k in injected or namespace[k] != defaults[k])}
+    explicit.update(overrides)
+    profile = explicit.get("profile", defaults["profile"])
+    from_profile = params_for(profile, notebook)
+    params = {**from_profile, **explicit}
+    set_by = {k: "explicit" if v != from_profile[k] or (k == "profile" and k in explicit) else
+              f"profile {profile}" if v != defaults[k] else "notebook" for k, v in params.items()}
+    return params, set_by
+
+
+def param_lines(params: dict, set_by: dict, from_profile: dict, defaults: dict, profile: str) -> str:
+    """`name = value  # who set it, and the values it replaced`, explicit first: exact, and pastes into a cell."""
+    rows = []
+    for kind in ("explicit", f"profile {profile}"):
+        for k, v in params.items():
+            if set_by[k] != kind or (k == "results_dir" and os.environ.get("KDCORE_PUBLISHED_DIR")):
+                continue  # the report's stage folder is no parameter a reader set
+            note = [kind]
+            if kind == "explicit" and from_profile[k] not in (v, defaults[k]):
+                note.append(f"profile {profile}: {from_profile[k]!r}")
+            if defaults[k] != v:
+                note.append(f"notebook: {defaults[k]!r}")
+            rows.append((f"{k} = {v!r}", "; ".join(note)))
+    width = min(48, max((len(code) for code, _ in rows), default=0))
+    at_defaults = sum(kind == "notebook" for kind in set_by.values())
+    return "\n".join([f"{code:<{width}}  # {note}" for code, note in rows] +
+                     [f"# and {at_defaults} parameters at the notebook's defaults (its parameters cell)"])

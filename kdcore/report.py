@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 from . import profiles as _profiles
-from .data import atomic_write_text
+from .atomic import atomic_write_text
 from .errors import ConfigError, unknown_name
 from .runner import _store_counts, ensure_kernelspec, publish, run_notebook, sigint_ignored
 from .site import export_figures, load_results, write_index

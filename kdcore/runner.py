@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import profiles as _profiles
-from .data import atomic_write_text
+from .atomic import atomic_write_text
 
 REPO_ROOT = _profiles.REPO_ROOT
 NOTEBOOK_DIR = _profiles.NOTEBOOK_DIR

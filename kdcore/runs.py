@@ -122,6 +122,49 @@ def _probe_run(kd, data: DataBundle, fit_kw: dict, *, label: str, key: str | Non
     return result
 
 
+@dataclass
+class _Job:
+    """What every seed of one run_seeds call shares."""
+    method: object  # a registered name, or a Term built in a notebook
+    label: str
+    data: DataBundle
+    student: str
+    student_kwargs: dict
+    distill: dict
+    uses_teacher: bool  # False for the baseline
+    teacher: nn.Module | None
+    fit_kw: dict  # fit()'s arguments but the seed
+    train: dict  # the TrainConfig overrides among them, as the key sees them
+    checkpoint_dir: Path | None
+    store: RunStore | None
+
+    def train_seed(self, seed: int, key: str | None, model: nn.Module) -> tuple[object, dict] | None:
+        """(fit's result, test evaluation) of a run that trains now; None when kdcore.cotrain collects it for later."""
+        custom = not isinstance(self.method, str)
+        kd = (make_distiller(copy.deepcopy(self.method) if custom else self.method, model, self.teacher, **self.distill)
+              if self.uses_teacher else model)
+        fit_kw = {**self.fit_kw, "seed": seed}
+        if planning():  # kdcore report --plan: time the step, train nothing, store nothing
+            probe_key = f"{self.label}|{self.student}|{_hash([self.student_kwargs, self.distill, {**fit_kw, 'seed': None}])}"
+            result = _probe_run(kd, self.data, fit_kw, label=self.label, key=key, teacher=self.teacher, probe_key=probe_key)
+            return result, evaluate(model, self.data, "test", device=fit_kw["device"])
+        on_disk = ({"teacher_cache_dir": str(self.checkpoint_dir / "logit-cache")}
+                   if self.train.get("teacher_cache") and self.checkpoint_dir is not None else {})  # other notebooks
+        partial = self.checkpoint_dir / "runs" / f"{key}.partial" if key is not None else None  # resumes here
+        stored_as = {"method": self.method, "label": self.label, "student": self.student,
+                     "student_kwargs": self.student_kwargs, "distill": self.distill, "train": self.train,
+                     "teacher": getattr(self.teacher, "kd_teacher_key", None),
+                     **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}}
+        finish = functools.partial(_finish_run, self.store, key, model, self.data, self.label, seed, fit_kw["device"],
+                                   stored_as, partial)
+        if pending.collecting() and self.store is not None:  # kdcore.cotrain: trained later, in a group
+            pending.add(pending.PendingRun(self.label, key, kd, self.data, {**fit_kw, **on_disk}, partial,
+                                           data_fingerprint(self.data), finish))
+            return None
+        result = fit(kd, self.data, out_dir=partial, **fit_kw, **on_disk)
+        return result, finish(result)
+
+
 def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds=(0,), teacher: nn.Module | None = None,
               label: str | None = None, student_kwargs: dict | None = None, pretrained: bool = False,
               distill: dict | None = None, epochs: int = 5, lr: float = 0.05, batch_size: int = 128,
@@ -141,14 +184,15 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
     """
     custom = not isinstance(method, str)
     label = label or (method.name if custom else method)
-    distill = dict(distill or {})
-    student_kwargs = dict(student_kwargs or {})
-    train = train_overrides(**train)
+    distill, student_kwargs, train = dict(distill or {}), dict(student_kwargs or {}), train_overrides(**train)
     uses_teacher = custom or method.strip().lower() != "baseline"
     if not uses_teacher:
         teacher = None
     storable = cache and checkpoint_dir is not None and not custom
     store = RunStore(store_dir or Path(checkpoint_dir) / "store") if storable else None
+    job = _Job(method, label, data, student, student_kwargs, distill, uses_teacher, teacher,
+               dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device, progress=progress, **train), train,
+               Path(checkpoint_dir) if checkpoint_dir is not None else None, store)
     rows, histories, first_model, first_eval = [], {}, None, None
     for seed in seeds:
         key = run_key(method, data, student=student, student_kwargs=student_kwargs, pretrained=pretrained,
@@ -157,8 +201,7 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
         seed_everything(seed)
         model = create_model(student, data.num_classes, data.in_channels, pretrained=bool(pretrained), **student_kwargs)
         entry = store.load("runs", key) if store is not None else None
-        reused = entry is not None
-        if reused:
+        if entry is not None:
             row, history, ev = _stored_run(entry, model, data, device, evaluate_it=first_eval is None)
             print(f"{label} seed {seed}: from the store ({key})")
             if planning():
@@ -166,30 +209,13 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
         else:
             if key is not None:
                 _require_training(f"{label} seed {seed}", key)
-            kd = (make_distiller(copy.deepcopy(method) if custom else method, model, teacher, **distill)
-                  if uses_teacher else model)
-            fit_kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, progress=progress,
-                          **train)
-            if planning():  # kdcore report --plan: time the step, train nothing, store nothing
-                result = _probe_run(kd, data, fit_kw, label=label, key=key, teacher=teacher if uses_teacher else None,
-                                    probe_key=f"{label}|{student}|{_hash([student_kwargs, distill, {**fit_kw, 'seed': None}])}")
-            else:
-                on_disk = ({"teacher_cache_dir": str(Path(checkpoint_dir) / "logit-cache")}
-                           if train.get("teacher_cache") and checkpoint_dir is not None else {})  # other notebooks
-                partial = Path(checkpoint_dir) / "runs" / f"{key}.partial" if key is not None else None  # resumes here
-                stored_as = {"method": method, "label": label, "student": student, "student_kwargs": student_kwargs,
-                             "distill": distill, "train": train, "teacher": getattr(teacher, "kd_teacher_key", None),
-                             **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}}
-                finish = functools.partial(_finish_run, store, key, model, data, label, seed, device, stored_as, partial)
-                if pending.collecting() and store is not None:  # kdcore.cotrain: trained later, in a group
-                    pending.add(pending.PendingRun(label, key, kd, data, {**fit_kw, **on_disk}, partial,
-                                                   data_fingerprint(data), finish))
-                    first_model = first_model or model
-                    continue
-                result = fit(kd, data, out_dir=partial, **fit_kw, **on_disk)
-            ev = finish(result) if not planning() else evaluate(model, data, "test", device=device)
+            trained = job.train_seed(seed, key, model)
+            if trained is None:
+                first_model = first_model or model
+                continue
+            result, ev = trained
             row, history = _result_row(result, ev, model, label, seed), result.history
-        row = {**row, "method": label, "student": student, "reused": reused}
+        row = {**row, "method": label, "student": student, "reused": entry is not None}
         print(f"{label} seed {seed}: test_acc={row['test_acc']:.4f} test_f1={row['test_f1']:.4f} "
               f"(best val epoch {row['best_epoch']}, {row['seconds']:.0f}s)")
         rows.append(row)

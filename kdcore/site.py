@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import profiles as _profiles
-from .data import atomic_write_text
+from .atomic import atomic_write_text
 from .findings import findings
 
 def load_results(folder: Path) -> dict[str, dict]:

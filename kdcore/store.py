@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .data import atomic_save, atomic_write_text
+from .atomic import atomic_save, atomic_write_text
 
 RECIPE_VERSION = 1
 STUDENT_WEIGHTS_MB = 2.0  # larger students keep their test predictions only

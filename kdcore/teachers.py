@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from . import airbench, plan
-from .data import DataBundle, atomic_save
+from .atomic import atomic_save
+from .data import DataBundle
 from .evaluate import classification_metrics, evaluate
 from .models import create_model
 from .plan import planning

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import kdcore
 from kdcore import airbench
+from kdcore.models.airbench import WHITEN_IMAGES, AirbenchNet, ShiftBatchNorm, init_whitening
 from kdcore.models import FeatureHooks, count_parameters, create_model, feature_blocks
 
 
@@ -20,7 +21,7 @@ def data():
 
 def test_shapes_and_parameter_count():
     model = create_model("airbench", num_classes=10)
-    assert isinstance(model, airbench.AirbenchNet) and model.kd_spec.role == "teacher"
+    assert isinstance(model, AirbenchNet) and model.kd_spec.role == "teacher"
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     # whitening bias 24; block1 24·64·9 + 64·64·9 + 2·64 BN shifts; block2 64·256·9 + 256·256·9 + 512;
     # block3 2·256·256·9 + 512; linear 256·10 (no bias). The frozen whitening filters are a buffer.
@@ -51,7 +52,7 @@ def test_whitening_is_frozen_and_whitens():
     assert "whiten.weight" in dict(model.named_buffers())
     assert all(p is not model.whiten.weight for p in model.parameters())  # no optimiser can reach it
     x = correlated_images()
-    airbench.init_whitening(model.whiten, x)
+    init_whitening(model.whiten, x)
     w = model.whiten.weight
     assert torch.equal(w[12:], -w[:12])  # ± each eigenvector
     patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
@@ -70,9 +71,9 @@ def test_lr_schedule_is_triangular():
     assert all(a > b for a, b in zip(factors[23:], factors[24:]))
 
 
-def test_tta_logits_are_the_weighted_mean_over_the_documented_views(data):
+def test_view_logits_are_the_documented_views_and_their_weights_sum_to_one(data):
     model = create_model("airbench", widths=SMALL).eval()
-    airbench.init_whitening(model.whiten, data.normalize(data.train.images))
+    init_whitening(model.whiten, data.normalize(data.train.images))
     images = data.test.images[:5]
     padded = F.pad(images, (1, 1, 1, 1))  # black border, as in training
     center, up_left, down_right = images, padded[:, :, :32, :32], padded[:, :, 2:, 2:]
@@ -80,7 +81,8 @@ def test_tta_logits_are_the_weighted_mean_over_the_documented_views(data):
              (down_right, 1 / 8), (down_right.flip(-1), 1 / 8)]
     with torch.no_grad():
         expected = sum(w * model(data.normalize(v)) for v, w in views)
-    torch.testing.assert_close(airbench.tta_logits(model, images, data), expected, atol=1e-5, rtol=1e-5)
+    logits = airbench.view_logits(model, images, data)
+    torch.testing.assert_close(sum(w * v for (*_, w), v in zip(airbench.TTA_VIEWS, logits)), expected, atol=1e-5, rtol=1e-5)
     assert sum(w for *_, w in airbench.TTA_VIEWS) == pytest.approx(1.0)
 
 
@@ -102,7 +104,7 @@ def test_train_one_short_epoch_returns_the_documented_keys(data, monkeypatch):
     assert result["amx"] == bool(torch.cpu._is_amx_tile_supported())
     # the whitening filters are what the training images give (so training left them alone); its bias trained
     expected = create_model("airbench", widths=SMALL).whiten
-    airbench.init_whitening(expected, data.normalize(data.train.images[:airbench.WHITEN_IMAGES]))
+    init_whitening(expected, data.normalize(data.train.images[:WHITEN_IMAGES]))
     torch.testing.assert_close(model.whiten.weight, expected.weight, atol=0, rtol=0)
     assert not torch.equal(model.whiten.bias, bias_before)  # kept by the lookahead update at step 5
 
@@ -139,7 +141,7 @@ def test_an_interrupted_run_resumes_after_its_last_epoch_as_if_uninterrupted(dat
         with pytest.raises(KeyboardInterrupt):
             airbench.train(create_model("airbench", widths=SMALL), data, **kw, checkpoint=ckpt)
     saved = ckpt.read_bytes()
-    with pytest.raises(kdcore.ConfigError, match="another airbench run"):  # another recipe: refused, left as it was
+    with pytest.raises(kdcore.CheckpointError, match="another airbench run"):  # another recipe: refused, left as it was
         airbench.train(create_model("airbench", widths=SMALL), data, **{**kw, "seed": 1}, checkpoint=ckpt)
     assert ckpt.read_bytes() == saved
 
@@ -176,7 +178,7 @@ def test_get_teacher_trains_airbench_with_its_recipe_and_caches_it(data, tmp_pat
 
 def test_shift_batchnorm_is_batchnorm_plus_a_trained_shift():
     torch.manual_seed(0)
-    norm, x = airbench.ShiftBatchNorm(8), torch.randn(4, 8, 5, 5)
+    norm, x = ShiftBatchNorm(8), torch.randn(4, 8, 5, 5)
     with torch.no_grad():
         norm.bias.normal_()
     ref_mean, ref_var = torch.zeros(8), torch.ones(8)
@@ -192,15 +194,15 @@ def test_shift_batchnorm_is_batchnorm_plus_a_trained_shift():
 
 @pytest.mark.cuda
 def test_airbench_trains_on_cuda_in_bf16_and_channels_last(data):
-    model = airbench.AirbenchNet(widths=SMALL)
+    model = AirbenchNet(widths=SMALL)
     result = airbench.train(model, data, epochs=1, batch_size=64, device="cuda", progress=False)
     assert result["precision"] == "bf16" and result["device"].startswith("cuda") and result["test_acc"] > 0
-    assert all(m.bias.grad is not None for m in model.modules() if isinstance(m, airbench.ShiftBatchNorm))
+    assert all(m.bias.grad is not None for m in model.modules() if isinstance(m, ShiftBatchNorm))
 
 
 def test_airbench_small_student_counts_and_pairs_with_the_teacher():
     student = create_model("airbench_small")
-    assert student.kd_spec.role == "student" and isinstance(student, airbench.AirbenchNet)
+    assert student.kd_spec.role == "student" and isinstance(student, AirbenchNet)
     # whitening bias 24; block1 24·16·9 + 16·16·9; block2 16·48·9 + 48·48·9; block3 48·64·9 + 64·64·9;
     # BN shifts 2·(16 + 48 + 64); linear 64·10 (no bias)
     assert count_parameters(student) == 24 + 5_760 + 27_648 + 64_512 + 256 + 640 == 98_840
@@ -215,7 +217,7 @@ def test_airbench_small_student_counts_and_pairs_with_the_teacher():
 
 def test_fit_whitens_a_fresh_airbench_student(data):
     expected = create_model("airbench_small").whiten
-    airbench.init_whitening(expected, data.normalize(data.train.images[:airbench.WHITEN_IMAGES]))
+    init_whitening(expected, data.normalize(data.train.images[:WHITEN_IMAGES]))
     student = create_model("airbench_small")
     assert not torch.allclose(student.whiten.weight, expected.weight)  # random until fit sets it
     kdcore.fit(student, data, epochs=1, batch_size=64, device="cpu")

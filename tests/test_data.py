@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore.data import (CIFAR10_CLASSES, DeviceLoader, apply_views, load_dataset, num_views,
+from kdcore.data import (CIFAR10_CLASSES, DeviceLoader, apply_views, default_root, load_dataset, num_views,
                          stratified_split)
 from kdcore.errors import ConfigError, DataNotFoundError
 
@@ -114,6 +114,15 @@ def test_imagefolder_empty_class_and_no_images_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no class sub-folders"):
         load_dataset("imagefolder", tmp_path / "empty")
+
+
+def test_default_root_is_shared_data_beside_the_repository(monkeypatch):
+    """The notebooks, the report and `kdcore train` all read ../shared/data unless KDCORE_DATA says otherwise."""
+    monkeypatch.delenv("KDCORE_DATA", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert default_root() == repo.parent / "shared" / "data"
+    monkeypatch.setenv("KDCORE_DATA", "/elsewhere")
+    assert default_root() == Path("/elsewhere")
 
 
 def test_unknown_dataset_lists_valid_names():

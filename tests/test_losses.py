@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcore.errors import ConfigError, NonFiniteLossError
+from kdcore.errors import ConfigError
 from kdcore.losses import (
     FitNetLoss,
     FitNetRegressor,
     at_loss,
     attention_map,
-    check_finite,
     dist_loss,
     dkd_loss,
     dkd_terms,
@@ -654,19 +653,3 @@ def test_resolution_pairs_errors_say_why():
         resolution_pairs([("s", (4, 8, 8))], [("t", (4, 8, 8))], shift=1)
     with pytest.raises(ConfigError, match="integer"):
         resolution_pairs([("s", (4, 8, 8))], [("t", (4, 8, 8))], shift=0.5)
-
-
-# --------------------------------------------------------------------------- check_finite
-
-
-def test_check_finite():
-    ok = torch.tensor(1.5)
-    assert check_finite("kd", ok, 3) is ok
-    assert check_finite("kd", 2.0, 3) == 2.0
-    for bad in (torch.tensor(float("nan")), torch.tensor(float("inf")), float("-inf")):
-        with pytest.raises(NonFiniteLossError) as exc:
-            check_finite("dkd", bad, 17)
-        assert str(exc.value) == (
-            "loss term 'dkd' is NaN/Inf at step 17; lower the learning rate or the term's "
-            "weight, or check the inputs"
-        )

@@ -108,24 +108,24 @@ def test_profile_loads_over_the_defaults_and_explicit_values_win():
     assert cpu["epochs"] == 5 and smoke["epochs"] == 1 and smoke["dataset"] == "synthetic"
     defaults = profiles.notebook_defaults("02_logits")
 
-    params, set_by = ex.notebook_params("02_logits", dict(defaults))  # a plain run in Jupyter
+    params, set_by = profiles.notebook_params("02_logits", dict(defaults))  # a plain run in Jupyter
     assert params == cpu and set(set_by.values()) == {"notebook"}
 
     injected = papermill_cell(profile="smoke", epochs=5, temperature=2.0)  # epochs == the notebook default
     namespace = {**defaults, "profile": "smoke", "epochs": 5, "temperature": 2.0, "In": ["", injected]}
-    params, set_by = ex.notebook_params("02_logits", namespace)
+    params, set_by = profiles.notebook_params("02_logits", namespace)
     assert params == {**smoke, "epochs": 5, "temperature": 2.0}  # -p wins over the profile, even at the default
     assert set_by["epochs"] == set_by["temperature"] == "explicit" and set_by["dataset"] == "profile smoke"
     assert set_by["alpha"] == "notebook"
 
     edited = {**defaults, "profile": "smoke", "lr": 0.1}  # changed in the parameters cell, no papermill
-    params, set_by = ex.notebook_params("02_logits", edited, seeds=[0, 1, 2])
+    params, set_by = profiles.notebook_params("02_logits", edited, seeds=[0, 1, 2])
     assert params == {**smoke, "lr": 0.1, "seeds": [0, 1, 2]} and set_by["lr"] == set_by["seeds"] == "explicit"
 
     with pytest.raises(ConfigError, match="epochz.*epochs"):
-        ex.notebook_params("02_logits", {"In": [papermill_cell(epochz=3)], "epochz": 3})
+        profiles.notebook_params("02_logits", {"In": [papermill_cell(epochz=3)], "epochz": 3})
     with pytest.raises(ConfigError, match="nope"):
-        ex.notebook_params("02_logits", profile="nope")
+        profiles.notebook_params("02_logits", profile="nope")
 
 
 def test_relative_paths_resolve_to_the_repository_root(monkeypatch, tmp_path):
