@@ -60,5 +60,7 @@ def conclude(summary: pd.DataFrame, baseline: str = "baseline", teacher: tuple[s
     if gains.empty:
         lines.append("No method beat the student alone significantly in this run.")
     best = rows.loc[rows["val_acc_mean"].idxmax()]
-    lines.append(f"On validation the best method is `{best['method']}` ({best['val_acc_mean']:.4f}).")
+    alone, top = round(s.loc[baseline, "val_acc_mean"], 4), round(best["val_acc_mean"], 4)  # as printed
+    side = "above" if top > alone else "below" if top < alone else "level with"
+    lines.append(f"On validation the best method is `{best['method']}` ({top:.4f}), {side} the student alone ({alone:.4f}).")
     return " ".join(lines)

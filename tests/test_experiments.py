@@ -256,6 +256,8 @@ def test_the_conclusion_is_written_from_the_table():
     assert "The teacher (`airbench`, 0.7900) is 2.00 points below it; a teacher below its student" in text
     assert "Significant gains over it" in text and "`up` +1.10 points [" in text
     assert "Significant losses: `down` -2.10 points [" in text and "No significant change: `flat` +0.00 points" in text
-    assert "On validation the best method is `up` (0.8210)." in text
+    assert "On validation the best method is `up` (0.8210), above the student alone (0.8100)." in text
     rows = [r for r in rows if r["method"] != "up"]
-    assert "No method beat the student alone significantly" in conclude(kdruns.summarize_runs(pd.DataFrame(rows)))
+    text = conclude(kdruns.summarize_runs(pd.DataFrame(rows)))
+    assert "No method beat the student alone significantly" in text
+    assert "On validation the best method is `flat` (0.8100), level with the student alone (0.8100)." in text
