@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check kdcore tests benchmarks
+	$(VENV)/bin/ruff check kdcore tests benchmarks probes
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 

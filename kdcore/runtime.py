@@ -22,7 +22,7 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_SPEEDUP = 1.2  # "auto" takes bf16 on a CPU only for at least this gain: below it, rounding is not worth it
 CHANNELS_LAST_MIN_SPEEDUP = 1.1  # a CPU model goes NHWC only for at least this measured gain
-CHANNELS_LAST_MIN_WIDTH = 16  # benchmarks/repro_channels_last_cpu.py: oneDNN's heap broke at width 8 in NHWC; 16, 32 ran clean
+CHANNELS_LAST_MIN_WIDTH = 16  # probes/repro_channels_last_cpu.py: oneDNN's heap broke at width 8 in NHWC; 16, 32 ran clean
 
 
 def resolve_device(device: str = "auto") -> torch.device:

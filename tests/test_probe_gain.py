@@ -1,4 +1,4 @@
-"""benchmarks/probe_gain.py: pairs kdcore train summaries by seed and gives kdcore.stats' paired interval."""
+"""probes/probe_gain.py: pairs kdcore train summaries by seed and gives kdcore.stats' paired interval."""
 import json
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "probes"))
 
 
 def _runs(root: Path, name: str, accs: dict[int, float]) -> list[str]:

@@ -114,7 +114,7 @@ def test_cpu_features_names_what_decides_bf16():
 
 
 def test_channels_last_only_for_convs_at_least_16_wide():
-    """benchmarks/repro_channels_last_cpu.py: oneDNN broke at width 8 in NHWC on CPU; 16 and 32 ran clean."""
+    """probes/repro_channels_last_cpu.py: oneDNN broke at width 8 in NHWC on CPU; 16 and 32 ran clean."""
     assert not runtime.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=8))
     assert runtime.channels_last_safe(create_model("tiny_resnet", num_classes=10, width=16))
     assert runtime.channels_last_safe(create_model("airbench_small", num_classes=10))  # 3-channel input conv allowed

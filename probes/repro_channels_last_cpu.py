@@ -6,7 +6,7 @@ this script down) with glibc's heap checks on (MALLOC_CHECK_=3, MALLOC_PERTURB_)
 the faulty free instead of later. A case trains a few SGD steps on random data (full batches, then an odd
 last batch), then evaluates a larger batch under no_grad, as fit() does.
 
-    .venv/bin/python benchmarks/repro_channels_last_cpu.py [--steps 6] [--timeout 90]
+    .venv/bin/python probes/repro_channels_last_cpu.py [--steps 6] [--timeout 90]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Mean ± std over seeds and the paired gain of one probe configuration over another, from the summary.json
 lines that `kdcore train` printed (results/probes/<run>/summary.json), paired by seed (kdcore.stats).
 
-    .venv/bin/python benchmarks/probe_gain.py --baseline results/probes/A-seed* --method results/probes/B-seed* \
+    .venv/bin/python probes/probe_gain.py --baseline results/probes/A-seed* --method results/probes/B-seed* \
         --out results/probes/B-gain.json
 
 Summaries written before `kdcore train` recorded its seed are refused, unless --seed-from-name says to read the

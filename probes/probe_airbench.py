@@ -5,7 +5,7 @@ stop near 0.78-0.80 alone after 30 epochs. This probe asks whether airbench's de
 early pooling, lookahead, label smoothing) at student width reaches that level alone. One seed: it shows what a
 configuration reaches, not a gain. Writes results/probes/<name>/summary.json atomically (history included).
 
-    .venv/bin/python benchmarks/probe_airbench.py --widths 16 48 64 --epochs 9.9 [--seed 0] [--name NAME]
+    .venv/bin/python probes/probe_airbench.py --widths 16 48 64 --epochs 9.9 [--seed 0] [--name NAME]
 """
 from __future__ import annotations
 
