@@ -250,14 +250,15 @@ def train(model: AirbenchNet, data: DataBundle, epochs: float = EPOCHS, batch_si
     run = dict(history=history, seconds=None, train_seconds=train_seconds, device=str(device), precision=precision,
                amx=amx, channels_last=channels_last, threads=torch.get_num_threads(), epochs=epochs, steps=step,
                batch_size=batch_size, seed=seed, resumed_from=first_epoch if state is not None else None)
-    return _test(model, data, run, bf16, start, progress)
+    return _test(model, data, run, device, bf16, start, progress)
 
 
-def _test(model: AirbenchNet, data: DataBundle, run: dict, bf16: bool, start: float, progress: bool) -> dict:
+def _test(model: AirbenchNet, data: DataBundle, run: dict, device: torch.device, bf16: bool, start: float,
+          progress: bool) -> dict:
     """`run` with the final validation and test accuracy, without and with TTA, and the call's wall time."""
     val, test = evaluate(model, data.val, data, bf16=bf16), evaluate(model, data.test, data, bf16=bf16)
     run.update(val_acc=val["acc"], val_acc_tta=val["acc_tta"], test_acc=test["acc"], test_acc_tta=test["acc_tta"],
-               seconds=_now(torch.device(run["device"])) - start)
+               seconds=_now(device) - start)
     if progress:
         print(f"val acc {val['acc']:.4f} (TTA {val['acc_tta']:.4f})  test acc {test['acc']:.4f} "
               f"(TTA {test['acc_tta']:.4f})  train {run['train_seconds']:.1f} s, total {run['seconds']:.1f} s "

@@ -140,8 +140,8 @@ class _Job:
 
     def train_seed(self, seed: int, key: str | None, model: nn.Module) -> tuple[object, dict] | None:
         """(fit's result, test evaluation) of a run that trains now; None when kdcore.cotrain collects it for later."""
-        custom = not isinstance(self.method, str)
-        kd = (make_distiller(copy.deepcopy(self.method) if custom else self.method, model, self.teacher, **self.distill)
+        fresh = self.method if isinstance(self.method, str) else copy.deepcopy(self.method)  # a Term: a copy per seed
+        kd = (make_distiller(fresh, model, self.teacher, **self.distill)
               if self.uses_teacher else model)
         fit_kw = {**self.fit_kw, "seed": seed}
         if planning():  # kdcore report --plan: time the step, train nothing, store nothing
