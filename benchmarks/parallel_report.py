@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from kdcore import profiles  # noqa: E402
-from kdcore.cotrain import PRELUDE_06, TEACHER, owner, run_calls  # noqa: E402
+from kdcore.cotrain import PRELUDE_06, TEACHER, owner, run_calls, run_code  # noqa: E402
 from kdcore.report import parse_value  # noqa: E402
 
 @dataclass
@@ -78,7 +78,7 @@ def worker(profile: str, params: list[str], threads: int, nb: str, code: str, bi
     ctx = ex.setup(nb, **{**overrides(params, nb), "profile": profile, "threads": threads})
     namespace = {"ctx": ctx, "ex": ex, **json.loads(bindings)}
     exec(PRELUDE_06 if nb == "06_efficientvit" else "", namespace)
-    exec(code, namespace)
+    run_code(code, namespace, nb)
 
 
 def stop(running: list[Job], grace: float = 20.0) -> None:

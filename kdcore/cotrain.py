@@ -8,10 +8,13 @@ misses is trained by its notebook as before, only alone.
 """
 from __future__ import annotations
 
+import linecache
+
 from . import experiments as ex
 from . import pending, profiles
 
-# The notebooks' ctx calls, run with `seed` and the names a job binds (a, t, e, m, beta, st). 06 mirrors its cell.
+# The notebooks' ctx calls, run with `seed` and the names a job binds (a, t, e, m, beta, st). 06 mirrors its cell;
+# 05's own Term is its cell tagged "own-term", executed as it is.
 TEACHER = {"01_baseline": "ctx.teacher()",  # 01-05 share it, with 01's baseline
            "06_efficientvit": "ctx.teacher(pretrained=init(ctx.params['teacher']))",
            "07_eurosat": "ctx.teacher()"}
@@ -44,9 +47,10 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
         return [(f"03 hidden s{s}", HIDDEN, {"seed": s}) for s in seeds]
     if nb == "04_regressor":
         return [(f"04 fitnet s{s}", FITNET, {"seed": s}) for s in seeds]
-    if nb == "05_bonus":  # its L2Logits term is defined in the notebook, so never cached: the report trains it
+    if nb == "05_bonus":  # its own term: the notebook's cell itself, every seed in one call
         return ([(f"05 {m} s{s}", METHOD, {"seed": s, "m": m}) for m in p["methods"] for s in seeds] +
-                [(f"05 at β={b:g} s{s}", AT_WEIGHT, {"seed": s, "beta": b}) for b in p["at_weights"] for s in seeds])
+                [(f"05 at β={b:g} s{s}", AT_WEIGHT, {"seed": s, "beta": b}) for b in p["at_weights"] for s in seeds] +
+                [("05 own term", profiles.notebook_cell(nb, "own-term"), {})])
     if nb == "06_efficientvit":
         return ([(f"06 baseline s{s}", BASELINE_06, {"seed": s}) for s in seeds] +
                 [(f"06 kd s{s}", KD_06, {"seed": s}) for s in seeds])
@@ -55,6 +59,14 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
                 [(f"07 kd s{s}", KD, {"seed": s}) for s in seeds] +
                 [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds])
     raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
+
+
+def run_code(code: str, namespace: dict, name: str) -> None:
+    """exec `code` as Jupyter would, with its source in linecache: a Term it defines keeps a readable code, so
+    its runs get the same store key here as in the notebook (terms.term_identity)."""
+    filename = f"<kdcore.cotrain {name}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+    exec(compile(code, filename, "exec"), namespace)
 
 
 def owner(nb: str) -> str:
@@ -78,7 +90,7 @@ def co_train(profile: str, notebooks: list[str], params: dict | None = None, log
             exec(PRELUDE_06 if nb == "06_efficientvit" else "", namespace)
             if ctx.teacher_result is None:
                 exec(TEACHER.get(nb, "ctx.teacher()"), namespace)
-            for _, code, bindings in run_calls(nb, ctx.params):
-                exec(code, {**namespace, **bindings})
+            for name, code, bindings in run_calls(nb, ctx.params):
+                run_code(code, {**namespace, **bindings}, name)
         log(f"co-training: {len(runs)} runs to train in {len(pending.groups(runs))} groups")
         return pending.train(runs, log=log)

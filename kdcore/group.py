@@ -151,11 +151,16 @@ def _epoch(members: list[_Member], loader: DeviceLoader, hooks, cache, epoch: in
 
 
 def _close_epoch(m: _Member, train: dict, val_loader: DeviceLoader, data: DataBundle, epoch: int, cfg: TrainConfig,
-                 bf16: bool, precision: str, layout: dict) -> None:
-    """fit()'s end of an epoch for one member: validation, best-on-validation and its checkpoint files."""
-    train.pop("step_seconds")
+                 bf16: bool, precision: str, layout: dict, teacher_share: float) -> None:
+    """fit()'s end of an epoch for one member: validation, best-on-validation and its checkpoint files. The
+    epoch's seconds (its steps, its share of the teacher passes, its validation) are in the row before it is
+    saved, so a resumed run keeps them."""
+    t0 = time.perf_counter()
+    seconds = train.pop("step_seconds") + teacher_share
     improved = close_epoch(m.run, m.distiller, train, val_loader, data, epoch, m.optimizer, m.scheduler, cfg, bf16,
                            seconds=0.0)
+    m.run.rows[-1]["seconds"] = seconds + time.perf_counter() - t0
+    m.seconds += m.run.rows[-1]["seconds"]
     if m.out:
         save_epoch(m.out, m.run, m.distiller, m.optimizer, m.scheduler, epoch, m.rng, cfg, precision, layout, improved)
 
@@ -204,11 +209,7 @@ def fit_group(members: Sequence[Distiller], data: DataBundle, config: TrainConfi
         if cache is not None and cache.path is not None:
             cache.persist()
         for m, train in zip(active, trains):
-            t1 = time.perf_counter()
-            seconds = train["step_seconds"] + teacher_share
-            _close_epoch(m, train, val_loader, data, epoch, cfg, bf16, precision, layout)
-            m.run.rows[-1]["seconds"] = seconds + time.perf_counter() - t1
-            m.seconds += m.run.rows[-1]["seconds"]
+            _close_epoch(m, train, val_loader, data, epoch, cfg, bf16, precision, layout, teacher_share)
     return [_finish(m, precision, layout, device) for m in runs]
 
 

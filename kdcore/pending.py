@@ -1,7 +1,7 @@
 """Runs collected instead of trained, then trained in groups that share each batch's teacher forward.
 
-Inside `with collect() as runs:`, run_seeds records every run that is neither stored nor a notebook-defined
-term as a PendingRun and trains nothing. `train(runs)` then co-trains the runs that see the same views (same
+Inside `with collect() as runs:`, run_seeds records every storable run that is not yet stored as a PendingRun
+and trains nothing. `train(runs)` then co-trains the runs that see the same views (same
 data, seed and schedule: kdcore.group.fit_group) and hands each result to the run's own `finish`, which
 evaluates and stores it exactly as run_seeds would have. kdcore.cotrain uses this to train a report's runs
 before its notebooks execute, so the notebooks find all of them in the run store.

@@ -67,13 +67,19 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def notebook_defaults(notebook: str) -> dict:
-    """The values assigned in the notebook's `parameters` cell (literals only, so they parse without running)."""
+def notebook_cell(notebook: str, tag: str) -> str:
+    """The source of the notebook's one cell tagged `tag` (its parameters, or code that kdcore.cotrain mirrors)."""
     if notebook not in NOTEBOOKS:
         raise unknown_name("notebook", notebook, NOTEBOOKS)
     cells = json.loads((NOTEBOOK_DIR / f"{notebook}.ipynb").read_text(encoding="utf-8"))["cells"]
-    [cell] = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+    [cell] = [c for c in cells if tag in c["metadata"].get("tags", [])]
+    return "".join(cell["source"])
+
+
+def notebook_defaults(notebook: str) -> dict:
+    """The values assigned in the notebook's `parameters` cell (literals only, so they parse without running)."""
+    return {node.targets[0].id: ast.literal_eval(node.value)
+            for node in ast.parse(notebook_cell(notebook, "parameters")).body}
 
 
 def params_for(profile: str, notebook: str) -> dict:

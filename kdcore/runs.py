@@ -25,6 +25,7 @@ from .provenance import data_fingerprint, provenance
 from .runtime import seed_everything
 from .store import STUDENT_WEIGHTS_MB, RunStore, small_weights, store_key, weights_hash
 from .store import config_hash as _hash
+from .terms import term_identity
 from .train import TrainConfig, fit
 
 
@@ -44,7 +45,7 @@ class SeedRuns:
     efficiency: dict = field(default_factory=dict)
 
 
-def run_key(method: str, data: DataBundle, *, student: str, student_kwargs: dict, pretrained: bool, distill: dict,
+def run_key(method: str | dict, data: DataBundle, *, student: str, student_kwargs: dict, pretrained: bool, distill: dict,
             teacher: nn.Module | None, epochs, lr, batch_size, seed: int, train: dict, label: str) -> str:
     """A run's store key: data, student, method and its options, the teacher's weights, schedule and seed."""
     uses_teacher = teacher is not None
@@ -126,6 +127,7 @@ def _probe_run(kd, data: DataBundle, fit_kw: dict, *, label: str, key: str | Non
 class _Job:
     """What every seed of one run_seeds call shares."""
     method: object  # a registered name, or a Term built in a notebook
+    method_id: str | dict | None  # the method as the store records it (terms.term_identity for a Term)
     label: str
     data: DataBundle
     student: str
@@ -151,7 +153,7 @@ class _Job:
         on_disk = ({"teacher_cache_dir": str(self.checkpoint_dir / "logit-cache")}
                    if self.train.get("teacher_cache") and self.checkpoint_dir is not None else {})  # other notebooks
         partial = self.checkpoint_dir / "runs" / f"{key}.partial" if key is not None else None  # resumes here
-        stored_as = {"method": self.method, "label": self.label, "student": self.student,
+        stored_as = {"method": self.method_id, "label": self.label, "student": self.student,
                      "student_kwargs": self.student_kwargs, "distill": self.distill, "train": self.train,
                      "teacher": getattr(self.teacher, "kd_teacher_key", None),
                      **{k: fit_kw[k] for k in ("epochs", "lr", "batch_size", "seed")}}
@@ -178,7 +180,7 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
     <checkpoint_dir>/store; see kdcore.store) and an identical later call reuses it. Until it finishes, its
     epochs are checkpointed in <checkpoint_dir>/runs/<key>.partial/, so an interrupted run (Ctrl-C, a killed
     kernel, a deadline) resumes from its last epoch when the same call runs again. Runs of a Term defined
-    outside kdcore are never stored (their code is unknown to the key).
+    outside kdcore are stored under a hash of their code (terms.term_identity), unless that code cannot be read.
     With `checkpoint_dir` and `teacher_cache`, the teacher's logits per view are also kept under
     <checkpoint_dir>/logit-cache, so logit methods in other notebooks (processes) skip the teacher as well.
     """
@@ -188,14 +190,17 @@ def run_seeds(method, data: DataBundle, *, student: str = "student_light", seeds
     uses_teacher = custom or method.strip().lower() != "baseline"
     if not uses_teacher:
         teacher = None
-    storable = cache and checkpoint_dir is not None and not custom
+    method_id = term_identity(method) if custom else method  # what the key knows of the method
+    if custom and method_id is None:
+        print(f"{label}: its code cannot be read (defined by exec?), so its runs are trained and not stored")
+    storable = cache and checkpoint_dir is not None and method_id is not None
     store = RunStore(store_dir or Path(checkpoint_dir) / "store") if storable else None
-    job = _Job(method, label, data, student, student_kwargs, distill, uses_teacher, teacher,
+    job = _Job(method, method_id, label, data, student, student_kwargs, distill, uses_teacher, teacher,
                dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device, progress=progress, **train), train,
                Path(checkpoint_dir) if checkpoint_dir is not None else None, store)
     rows, histories, first_model, first_eval = [], {}, None, None
     for seed in seeds:
-        key = run_key(method, data, student=student, student_kwargs=student_kwargs, pretrained=pretrained,
+        key = run_key(method_id, data, student=student, student_kwargs=student_kwargs, pretrained=pretrained,
                       distill=distill, teacher=teacher, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       train=train, label=label) if storable else None
         seed_everything(seed)

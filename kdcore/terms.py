@@ -6,6 +6,10 @@ makes a term usable by name in method strings ("kd+at", "dkd:ls"), as mdistiller
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import inspect
+import textwrap
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -71,6 +75,41 @@ class Term(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}" + (f", pairs={self.pairs}" if self.pairs else "")
+
+
+def term_identity(term: Term) -> dict | None:
+    """What a run store key needs to know of a Term defined outside kdcore (in a notebook, say): its class
+    name, its options and a hash of its code, or None when that code cannot be read (then its runs are not stored).
+
+    kdcore's own terms are keyed by name and guarded by the store's recipe version. A notebook's term has no
+    version, so its key holds the code itself: the syntax tree of every method and class attribute of each class
+    between it and kdcore, docstrings left out, so an edited comment or docstring keeps the stored runs and an
+    edited formula does not.
+    """
+    code = []
+    for cls in type(term).__mro__:
+        if cls.__module__.startswith("kdcore.") or cls in (nn.Module, object):
+            continue
+        for name, value in vars(cls).items():
+            if name.startswith("__") and name not in ("__init__", "__call__"):
+                continue
+            func = getattr(value, "__func__", value)
+            if not callable(func):
+                code.append(f"{cls.__qualname__}.{name} = {value!r}")
+                continue
+            try:
+                tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+            except (OSError, TypeError, SyntaxError):
+                return None
+            for node in ast.walk(tree):  # docstrings are not code
+                body = getattr(node, "body", None)
+                if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                    node.body = body[1:] or [ast.Pass()]
+            code.append(ast.dump(tree))
+    digest = hashlib.sha256("\n".join(code).encode()).hexdigest()[:16]
+    options = {k: repr(v) for k, v in sorted(vars(term).items()) if not k.startswith("_") and k != "training"}
+    return {"term": type(term).__qualname__, "options": options, "code": digest}
 
 
 _LAYER_CHOICES = ("all", "middle", "last")

@@ -1,4 +1,5 @@
 """Co-training (kdcore.group): students sharing each batch's teacher forward end as they would alone."""
+import pandas as pd
 import pytest
 import torch
 
@@ -47,6 +48,8 @@ def test_co_trained_students_are_bit_identical_to_solo_runs(data, teacher, tmp_p
         drop = ["seconds"]
         assert r_solo.history.drop(columns=drop).equals(r_group.history.drop(columns=drop)), method
         assert (tmp_path / method / "last.pt").exists()
+        on_disk = pd.read_csv(tmp_path / method / "history.csv")["seconds"]  # what a resumed run starts from
+        assert (on_disk > 0).all() and on_disk.tolist() == r_group.history["seconds"].tolist(), method
 
 
 def test_a_group_resumes_each_member_from_its_own_last_epoch(data, teacher, tmp_path):

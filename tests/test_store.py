@@ -105,3 +105,51 @@ def test_an_entry_is_whole_or_absent(tmp_path, monkeypatch):
     runs.save("runs", "k", {"row": {"a": 1}}, {"x": torch.zeros(2)})
     assert runs.load("runs", "k")[0]["row"] == {"a": 1} and runs.saved == 1 and runs.loaded == 1
     assert not list(tmp_path.rglob(".*tmp*"))
+
+
+OWN_TERM = '''
+import torch.nn.functional as F
+from kdcore.distill import Term
+
+
+class L2Logits(Term):
+    """Logit matching by MSE."""
+    name, weight = "l2logits", 1.0
+
+    def forward(self, s):
+        return F.mse_loss(s.student_logits.float(), s.teacher_logits.float())  # a comment
+'''
+
+
+def own_term(code: str = OWN_TERM, name: str = "cell", **kw):
+    """A Term defined as a notebook cell defines it: source in linecache, under a cell's file name."""
+    from kdcore.cotrain import run_code
+    namespace = {}
+    run_code(code, namespace, name)
+    return namespace["L2Logits"](**kw)
+
+
+def test_a_notebook_term_is_keyed_by_its_code_not_its_cell():
+    from kdcore.terms import term_identity
+    key = term_identity(own_term())
+    assert key is not None and key["term"] == "L2Logits"
+    assert term_identity(own_term(name="another cell")) == key  # the same code in Jupyter and in kdcore.cotrain
+    cosmetic = OWN_TERM.replace('"""Logit matching by MSE."""', '"""Ba & Caruana."""').replace("# a comment", "")
+    assert term_identity(own_term(cosmetic)) == key
+    assert term_identity(own_term(OWN_TERM.replace("mse_loss", "l1_loss")))["code"] != key["code"]
+    assert term_identity(own_term(weight=2.0))["options"] != key["options"]
+    namespace = {}
+    exec(OWN_TERM, namespace)  # no source to read: such a term cannot be keyed
+    assert term_identity(namespace["L2Logits"]()) is None
+
+
+def test_a_notebook_term_is_stored_and_served(data, tmp_path):
+    torch.manual_seed(0)
+    teacher = create_model("tiny_resnet", num_classes=10, width=4)
+    kw = dict(student="student_light", seeds=[0], teacher=teacher, checkpoint_dir=tmp_path, **TINY)
+    first = kdruns.run_seeds(own_term(), data, **kw)
+    assert not first.runs["reused"].any()
+    again = kdruns.run_seeds(own_term(name="rerun"), data, **kw)
+    assert again.runs["reused"].all() and again.runs["test_acc"].tolist() == first.runs["test_acc"].tolist()
+    changed = own_term(OWN_TERM.replace("mse_loss", "l1_loss"))
+    assert not kdruns.run_seeds(changed, data, **kw).runs["reused"].any()
