@@ -11,7 +11,7 @@ from __future__ import annotations
 import linecache
 
 from . import experiments as ex
-from . import pending, profiles
+from . import pending, profiles, provenance
 
 # The notebooks' ctx calls, run with `seed` and the names a job binds (a, t, e, m, beta, st). 06 mirrors its cell;
 # 05's own Term is its cell tagged "own-term", executed as it is.
@@ -76,6 +76,7 @@ def owner(nb: str) -> str:
 
 def co_train(profile: str, notebooks: list[str], params: dict | None = None, log=print) -> int:
     """Collect the chosen notebooks' unstored runs and co-train them by seed; returns how many trained."""
+    provenance.started_commit()  # the runs record the code they start with
     owners: dict[str, ex.Context] = {}
     with pending.collect() as runs:
         for nb in notebooks:

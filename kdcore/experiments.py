@@ -35,7 +35,7 @@ from .distill import make_distiller
 from .errors import PretrainedUnavailableError
 from .evaluate import latency_ms, size_mb
 from .models import count_parameters, create_model
-from .provenance import git_commit, run_info
+from .provenance import run_info, started_commit
 from .runs import SeedRuns, run_seeds, summarize_runs
 from .store import config_hash as _hash, jsonable as _jsonable
 from .teachers import TeacherResult, get_teacher
@@ -356,7 +356,7 @@ def setup(notebook: str, namespace: dict | None = None, **overrides) -> Context:
                   checkpoint_dir=str(project_path(params["checkpoint_dir"])),
                   store_dir=str(project_path(_profiles.store_for(profile) or Path(params["checkpoint_dir"]) / "store")))
     scaling = _profiles.scaling_for(profile, notebook)
-    print(f"{notebook} · profile {profile} · commit {git_commit()} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"{notebook} · profile {profile} · commit {started_commit()} · {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"scaling ({profile}): {scaling}")
     print(f"data: {data.describe()}")
     results = Path(os.environ.get("KDCORE_PUBLISHED_DIR") or params["results_dir"])

@@ -47,13 +47,26 @@ def git_commit() -> str:
     return "unknown" if head.returncode else head.stdout.strip() + ("+dirty" if dirty else "")
 
 
+_AT_START: dict[object, str] = {}  # REPO_ROOT -> its commit when first asked
+
+
+def started_commit() -> str:
+    """git_commit() as it was the first time this process asked: a run of hours records the code it imported,
+    not a commit made beside it while it trained (kdcore.experiments.setup and kdcore.cotrain ask first thing)."""
+    if os.environ.get("KDCORE_COMMIT"):
+        return os.environ["KDCORE_COMMIT"]
+    if REPO_ROOT not in _AT_START:
+        _AT_START[REPO_ROOT] = git_commit()
+    return _AT_START[REPO_ROOT]
+
+
 def run_info(params: dict | None = None, data: DataBundle | None = None, notebook: str | None = None) -> dict:
     params = params or {}
     dev = resolve_device(params.get("device", "auto"))
     info = {"timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
             "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
                                   f" ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"),
-            "cpu": cpu_features(), "commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": cpu_features(), "commit": started_commit(), "torch": torch.__version__, "python": platform.python_version(),
             "profile": params.get("profile"),
             "scaling": (_profiles.scaling_for(params["profile"], notebook) if notebook and params.get("profile") in
                         _profiles.PROFILES else _profiles.SCALING.get(params.get("profile"), "custom")),

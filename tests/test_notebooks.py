@@ -205,3 +205,23 @@ def test_papermill_runs_inside_notebooks_and_leaves_nothing_there(tmp_path):
     assert result["params"]["epochs"] == 1 and result["params"]["dataset"] == "synthetic"  # the smoke profile
     assert result["params"]["n_examples"] == 8  # -p wins over smoke's 6, though 8 is the notebook default
     assert result["run_info"]["commit"] == provenance.git_commit() and list((tmp_path / "checkpoints").glob("store/teachers/*.pt"))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_run_records_the_commit_it_started_from(monkeypatch, tmp_path):
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "_AT_START", {})
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-qm", "first")
+    first = git("rev-parse", "--short", "HEAD")
+    assert provenance.started_commit() == first
+    (tmp_path / "a.txt").write_text("2")
+    git("commit", "-qam", "second, made while the run trained")
+    assert provenance.git_commit() != first and provenance.provenance()["commit"] == first
