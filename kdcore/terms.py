@@ -93,9 +93,12 @@ def term_identity(term: Term) -> dict | None:
         for name, value in vars(cls).items():
             if name.startswith("__") and name not in ("__init__", "__call__"):
                 continue
-            func = getattr(value, "__func__", value)
+            func = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
             if not callable(func):
-                code.append(f"{cls.__qualname__}.{name} = {value!r}")
+                text = repr(value)
+                if " at 0x" in text:  # an object's address: no stable key
+                    return None
+                code.append(f"{cls.__qualname__}.{name} = {text}")
                 continue
             try:
                 tree = ast.parse(textwrap.dedent(inspect.getsource(func)))

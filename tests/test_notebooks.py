@@ -2,6 +2,7 @@
 notebooks/ as from the repository root; profiles load over their defaults, explicit values win, every page says
 which run produced it, and the Colab cell never fails."""
 import ast
+import functools
 import json
 import os
 import shutil
@@ -150,15 +151,17 @@ def test_data_root_parameter_then_kdcore_data_then_shared(monkeypatch, tmp_path)
     assert profiles.params_for("gpu", "07_eurosat")["data_root"] is None  # so every profile honours KDCORE_DATA
 
 
+def _git(cwd, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_git_commit_short_hash_dirty_flag_or_unknown(monkeypatch, tmp_path):
     monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
     assert provenance.git_commit() == "unknown"  # not a git checkout
 
-    def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
-                              check=True, capture_output=True, text=True).stdout.strip()
-
+    git = functools.partial(_git, tmp_path)
     git("init", "-q")
     (tmp_path / "a.txt").write_text("1")
     git("add", "a.txt")
@@ -212,10 +215,7 @@ def test_a_run_records_the_commit_it_started_from(monkeypatch, tmp_path):
     monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(provenance, "_AT_START", {})
 
-    def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
-                              check=True, capture_output=True, text=True).stdout.strip()
-
+    git = functools.partial(_git, tmp_path)
     git("init", "-q")
     (tmp_path / "a.txt").write_text("1")
     git("add", "a.txt")

@@ -232,10 +232,12 @@ def test_ctrl_c_leaves_the_published_report_unchanged_and_no_temporary_files(tmp
     site.write_index(folder, "smoke", [], 1.0)
     before, notebooks_before = _tree(folder), _tree(REPO / "notebooks")
     proc = subprocess.Popen([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--notebooks", "01", "02",
-                             "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}",
-                             "--param", "epochs=30"],  # 02 trains for half a minute, not seconds: time to be interrupted
+                             "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, like a shell job
+                            start_new_session=True,  # its own process group, like a shell job
+                            # a foreground job's Ctrl-C, even when the suite itself was started with `&`, which
+                            # makes a shell without job control ignore SIGINT in everything it starts
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:
         seen.append(line)

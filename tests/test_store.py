@@ -138,6 +138,8 @@ def test_a_notebook_term_is_keyed_by_its_code_not_its_cell():
     assert term_identity(own_term(cosmetic)) == key
     assert term_identity(own_term(OWN_TERM.replace("mse_loss", "l1_loss")))["code"] != key["code"]
     assert term_identity(own_term(weight=2.0))["options"] != key["options"]
+    with_property = OWN_TERM + "\n    @property\n    def scale(self):\n        return 1.0\n"
+    assert term_identity(own_term(with_property))["code"] == term_identity(own_term(with_property, "again"))["code"]
     namespace = {}
     exec(OWN_TERM, namespace)  # no source to read: such a term cannot be keyed
     assert term_identity(namespace["L2Logits"]()) is None
