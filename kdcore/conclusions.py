@@ -64,3 +64,17 @@ def conclude(summary: pd.DataFrame, baseline: str = "baseline", teacher: tuple[s
     side = "above" if top > alone else "below" if top < alone else "level with"
     lines.append(f"On validation the best method is `{best['method']}` ({top:.4f}), {side} the student alone ({alone:.4f}).")
     return " ".join(lines)
+
+
+def conclude_pairs(table: pd.DataFrame) -> str:
+    """Markdown for stats.paired_gains' table: each distilled run against its own student alone, significant or
+    not after Holm over the pairs."""
+    if table.empty:
+        return ""
+    parts = []
+    for _, r in table.iterrows():
+        gain = {"method": r["distilled"], "delta_acc": r["delta"], "delta_ci_low": r["ci_low"],
+                "delta_ci_high": r["ci_high"]}
+        verdict = {True: "significant", False: "not significant"}.get(r["significant"], "one seed: no verdict")
+        parts.append(f"{_row(gain)} over `{r['alone']}` ({verdict})")
+    return "Against its own student alone at the same seeds (Holm over these pairs): " + "; ".join(parts) + "."

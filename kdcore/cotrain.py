@@ -30,6 +30,10 @@ HIDDEN = "ctx.run('hidden', level_weights=ctx.level_weights, weights={'hidden': 
 FITNET = "ctx.run('fitnet', weights={'fitnet': ctx.fitnet_weight}, seeds=[seed])"
 METHOD = "ctx.run(m, alpha=ctx.alpha, temperature=ctx.temperature, seeds=[seed])"
 AT_WEIGHT = "ctx.run('at', f'at β={beta:g}', weights={'at': beta}, seeds=[seed])"
+SMALL_ALONE = "ctx.run('baseline', f'{ctx.small_student} alone', student=ctx.small_student, seeds=[seed])"
+SHORT = ("ctx.run('baseline', f'baseline, {ctx.short_epochs} epochs', epochs=ctx.short_epochs, seeds=[seed])\n"
+         "ctx.run('kd', f'kd, {ctx.short_epochs} epochs', alpha=ctx.alpha, temperature=ctx.temperature, "
+         "epochs=ctx.short_epochs, seeds=[seed])")
 STUDENT = ("ctx.run(ctx.students_method, f'{st} ({ctx.students_method})', student=st, alpha=ctx.alpha, "
            "temperature=ctx.temperature, seeds=[seed])")
 
@@ -57,7 +61,11 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
     if nb == "07_eurosat":
         return ([(f"07 baseline s{s}", BASELINE, {"seed": s}) for s in seeds] +
                 [(f"07 kd s{s}", KD, {"seed": s}) for s in seeds] +
-                [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds])
+                [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds] +
+                [(f"07 {p['small_student']} s{s}", STUDENT, {"seed": s, "st": p["small_student"]}) for s in seeds
+                 if p["small_student"]] +
+                [(f"07 {p['small_student']} alone s{s}", SMALL_ALONE, {"seed": s}) for s in seeds if p["small_student"]] +
+                [(f"07 short s{s}", SHORT, {"seed": s}) for s in seeds if p["short_epochs"]])
     raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
 
 

@@ -234,6 +234,22 @@ class Context:
             return table
         return table.pivot(index="temperature", columns="alpha", values="val_acc").round(4)
 
+    def gains(self, pairs) -> pd.DataFrame:
+        """Each (alone, distilled) pair of labels run here: test accuracy of both and the paired gain with its 95 %
+        interval, Holm over these pairs (stats.paired_gains). Kept for the JSON (`gains`) and the conclusion."""
+        runs = pd.concat([r.runs for r in self.results.values()], ignore_index=True)
+        table = stats.paired_gains(runs, pairs)
+        self.extra["gains"] = table
+        return pd.DataFrame({
+            "alone": table["alone"], "distilled": table["distilled"], "n": table["n_pairs"],
+            "alone acc": table["alone_test_acc"].map("{:.4f}".format),
+            "distilled acc": table["distilled_test_acc"].map("{:.4f}".format),
+            "Δ acc [95 % CI]": [stats.fmt_gain(d, lo, hi) for d, lo, hi in
+                                zip(table["delta"], table["ci_low"], table["ci_high"])],
+            "p (Holm)": table["p_holm"].map(lambda p: "–" if p != p else f"{p:.3f}"),
+            "significant": table["significant"].map(lambda v: {True: "yes", False: "no"}.get(v, "–"))}
+        ).set_index("distilled")
+
     def conclusion(self, baseline: str = "baseline"):
         """This run's closing paragraph, written from its own table (kdcore.conclusions), as Markdown; the text
         also goes into the results JSON (`conclusion`)."""
@@ -243,6 +259,8 @@ class Context:
         t = self.teacher_result
         text = conclusions.conclude(summarize_runs(runs, baseline if baseline in self.results else None), baseline,
                                     (t.name, t.test_acc) if t is not None else None)
+        if "gains" in self.extra and not self.extra["gains"].empty:
+            text += " " + conclusions.conclude_pairs(self.extra["gains"])
         self.extra["conclusion"] = text
         return Markdown(text)
 

@@ -96,3 +96,21 @@ def fmt_gain(delta: float, low: float, high: float, digits: int = 4) -> str:
     if low is None or math.isnan(low):
         return f"{delta:+.{digits}f}"
     return f"{delta:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def paired_gains(runs: pd.DataFrame, pairs, metric: str = "test_acc", by: str = "method") -> pd.DataFrame:
+    """One row per (alone, distilled) pair of run labels: both means and the paired gain of `distilled` over its
+    own `alone` at the seeds both ran, Holm-adjusted over these pairs. For comparisons the board's single baseline
+    cannot make: a smaller student, or a shorter schedule, against itself without the teacher."""
+    rows = []
+    for alone, distilled in pairs:
+        gain = paired_gain(runs, distilled, alone, metric, by)
+        means = runs.groupby(by)[metric].mean()
+        rows.append({"alone": alone, "distilled": distilled, "n_pairs": gain["n"], f"alone_{metric}": means[alone],
+                     f"distilled_{metric}": means[distilled], "delta": gain["delta"], "ci_low": gain["ci_low"],
+                     "ci_high": gain["ci_high"], "p_value": gain["p_value"]})
+    table = pd.DataFrame(rows, columns=["alone", "distilled", "n_pairs", f"alone_{metric}", f"distilled_{metric}",
+                                        "delta", "ci_low", "ci_high", "p_value"])
+    table["p_holm"] = holm(table["p_value"])
+    table["significant"] = pd.Series(holm_significant(table["p_value"]), index=table.index, dtype=object)  # None kept
+    return table

@@ -261,3 +261,27 @@ def test_the_conclusion_is_written_from_the_table():
     text = conclude(kdruns.summarize_runs(pd.DataFrame(rows)))
     assert "No method beat the student alone significantly" in text
     assert "On validation the best method is `flat` (0.8100), level with the student alone (0.8100)." in text
+
+
+def test_paired_gains_pair_each_distilled_run_with_its_own_student_alone():
+    """A smaller student or a shorter schedule is paired with itself alone (not the board's baseline), Holm over
+    the pairs, and the conclusion states each pair's gain and verdict."""
+    from kdcore.conclusions import conclude_pairs
+    from kdcore.stats import holm, paired_gains
+
+    alone = {"small alone": [0.70, 0.72, 0.74], "short alone": [0.90, 0.91, 0.92]}
+    gain = {"small (kd)": ("small alone", [0.030, 0.031, 0.032]), "short kd": ("short alone", [-0.01, 0.0, 0.012])}
+    rows = [{"method": m, "seed": s, "test_acc": a} for m, accs in alone.items() for s, a in enumerate(accs)]
+    rows += [{"method": m, "seed": s, "test_acc": alone[base][s] + d} for m, (base, ds) in gain.items()
+             for s, d in enumerate(ds)]
+    table = paired_gains(pd.DataFrame(rows), [("small alone", "small (kd)"), ("short alone", "short kd")])
+    small, short = table.iloc[0], table.iloc[1]
+    assert small["delta"] == pytest.approx(0.031) and short["delta"] == pytest.approx(0.0006667, abs=1e-6)
+    assert small["alone_test_acc"] == pytest.approx(0.72) and small["distilled_test_acc"] == pytest.approx(0.751)
+    assert table["p_holm"].tolist() == pytest.approx(holm(table["p_value"]))
+    assert small["significant"] is True and short["significant"] is False
+    text = conclude_pairs(table)
+    assert "`small (kd)` +3.10 points [" in text and "over `small alone` (significant)" in text
+    assert "over `short alone` (not significant)" in text
+    with pytest.raises(ValueError, match="not among"):
+        paired_gains(pd.DataFrame(rows), [("missing", "small (kd)")])
