@@ -10,6 +10,8 @@ import math
 
 import pandas as pd
 
+LEVEL_WITH_TEACHER = 0.01  # a teacher less than a point above its student: about the size of the boards' gains
+
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.2f}"
@@ -37,7 +39,9 @@ def conclude(summary: pd.DataFrame, baseline: str = "baseline", teacher: tuple[s
         gap = acc - base["test_acc_mean"]
         lines.append(f"The teacher (`{name}`, {acc:.4f}) is {abs(100 * gap):.2f} points "
                      f"{'above' if gap >= 0 else 'below'} it" + (
-                         "; a teacher below its student has little to teach." if gap < 0 else "."))
+                         "; a teacher below its student has little to teach." if gap < 0 else
+                         "; the student alone already matches its teacher, so distillation has little room here."
+                         if gap < LEVEL_WITH_TEACHER else "."))
     rows = s.drop(index=baseline)
     rows = rows[rows["delta_acc"].notna() & rows["n_pairs"].gt(0)].reset_index()
     if rows.empty:

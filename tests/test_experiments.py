@@ -257,6 +257,9 @@ def test_the_conclusion_is_written_from_the_table():
     assert "Significant gains over it" in text and "`up` +1.10 points [" in text
     assert "Significant losses: `down` -2.10 points [" in text and "No significant change: `flat` +0.00 points" in text
     assert "On validation the best method is `up` (0.8210), above the student alone (0.8100)." in text
+    level = conclude(kdruns.summarize_runs(pd.DataFrame(rows)), teacher=("airbench", 0.815))
+    assert "is 0.50 points above it; the student alone already matches its teacher" in level
+    assert "matches its teacher" not in conclude(kdruns.summarize_runs(pd.DataFrame(rows)), teacher=("t", 0.83))
     rows = [r for r in rows if r["method"] != "up"]
     text = conclude(kdruns.summarize_runs(pd.DataFrame(rows)))
     assert "No method beat the student alone significantly" in text
