@@ -34,6 +34,8 @@ SMALL_ALONE = "ctx.run('baseline', f'{ctx.small_student} alone', student=ctx.sma
 SHORT = ("ctx.run('baseline', f'baseline, {ctx.short_epochs} epochs', epochs=ctx.short_epochs, seeds=[seed])\n"
          "ctx.run('kd', f'kd, {ctx.short_epochs} epochs', alpha=ctx.alpha, temperature=ctx.temperature, "
          "epochs=ctx.short_epochs, seeds=[seed])")
+CONVERGENCE = ("ctx.run('baseline', ex.CONVERGENCE_LABEL.format(epochs=ctx.convergence_epochs), "
+               "epochs=ctx.convergence_epochs, seeds=ctx.params['seeds'][:1])  # ctx.convergence's run")
 STUDENT = ("ctx.run(ctx.students_method, f'{st} ({ctx.students_method})', student=st, alpha=ctx.alpha, "
            "temperature=ctx.temperature, seeds=[seed])")
 
@@ -65,7 +67,8 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
                 [(f"07 {p['small_student']} s{s}", STUDENT, {"seed": s, "st": p["small_student"]}) for s in seeds
                  if p["small_student"]] +
                 [(f"07 {p['small_student']} alone s{s}", SMALL_ALONE, {"seed": s}) for s in seeds if p["small_student"]] +
-                [(f"07 short s{s}", SHORT, {"seed": s}) for s in seeds if p["short_epochs"]])
+                [(f"07 short s{s}", SHORT, {"seed": s}) for s in seeds if p["short_epochs"]] +
+                [("07 convergence", CONVERGENCE, {})] * (p["convergence_epochs"] not in (None, p["epochs"])))
     raise SystemExit(f"error: {nb} has no parallel plan here; run it with kdcore report")
 
 

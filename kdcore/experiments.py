@@ -41,6 +41,7 @@ from .store import config_hash as _hash, jsonable as _jsonable
 from .teachers import TeacherResult, get_teacher
 
 REPO_ROOT = _profiles.REPO_ROOT  # relative paths in parameters are taken from here, wherever the kernel runs
+CONVERGENCE_LABEL = "baseline, {epochs} epochs (convergence)"  # a run's label is part of its store key
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "pad", "augment", "weight_decay", "max_steps_per_epoch",
               "device", "progress", "schedule", "teacher_cache", "precision")
 
@@ -233,6 +234,25 @@ class Context:
         if table.empty:
             return table
         return table.pivot(index="temperature", columns="alpha", values="val_acc").round(4)
+
+    def convergence(self, epochs: int, tolerance: float, seed: int | None = None) -> int:
+        """How many epochs this data needs: the baseline over `epochs` at one seed (kept out of the tables), its
+        validation curve plotted with the epoch from which it stays within `tolerance` of its best; returns it."""
+        from . import plots
+
+        seed = self.params["seeds"][0] if seed is None else seed
+        if epochs == self.params["epochs"]:  # the baseline itself trains that long: its own curve, no other run
+            history = (self.results["baseline"] if "baseline" in self.results else self.run("baseline")).histories[seed]
+        else:
+            label = CONVERGENCE_LABEL.format(epochs=epochs)
+            history = self.run("baseline", label, epochs=epochs, seeds=[seed]).histories[seed]
+            self.results.pop(label)
+            self._architecture.pop(label)
+        plateau = stats.plateau_epoch(history["val_acc"], tolerance)
+        plots.convergence(history, plateau, tolerance, title=f"baseline, seed {seed}: validation accuracy")
+        self.extra["convergence"] = {"epochs": epochs, "seed": seed, "tolerance": tolerance, "plateau_epoch": plateau,
+                                     "val_acc": history["val_acc"].tolist()}
+        return plateau
 
     def gains(self, pairs) -> pd.DataFrame:
         """Each (alone, distilled) pair of labels run here: test accuracy of both and the paired gain with its 95 %

@@ -61,6 +61,21 @@ def history(histories: dict[str, pd.DataFrame], metric: str = "val_acc", title: 
     plt.close(fig)
 
 
+def convergence(history: pd.DataFrame, plateau: int, tolerance: float, metric: str = "val_acc", title: str = ""):
+    """One run's validation curve with the epoch from which it stays within `tolerance` of its best (stats.plateau_epoch)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot(history["epoch"], history[metric], marker=".")
+    best = history[metric].max()
+    ax.axhspan(best - tolerance, best, color="tab:green", alpha=0.15, label=f"within {tolerance:g} of the best")
+    ax.axvline(plateau, color="tab:green", linestyle="--", label=f"plateau from epoch {plateau}")
+    ax.set(xlabel="epoch", ylabel=metric, title=title or f"validation {metric} over one long schedule")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+    plt.close(fig)
+
+
 def confusion(cm: np.ndarray, classes: list[str], title: str = "confusion matrix (test, rows = true)"):
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -114,3 +114,13 @@ def paired_gains(runs: pd.DataFrame, pairs, metric: str = "test_acc", by: str = 
     table["p_holm"] = holm(table["p_value"])
     table["significant"] = pd.Series(holm_significant(table["p_value"]), index=table.index, dtype=object)  # None kept
     return table
+
+
+def plateau_epoch(values, tolerance: float) -> int:
+    """The first epoch (1-based) from which every later value stays within `tolerance` of the run's best: where a
+    validation curve has converged. A curve still climbing at its end gives its last epoch."""
+    v = pd.Series(list(values), dtype=float)
+    if v.empty:
+        raise ValueError("plateau_epoch of an empty curve")
+    within = (v >= v.max() - tolerance)[::-1].cummin()[::-1]  # True from the plateau's start to the end
+    return int(within.idxmax()) + 1 if within.iloc[-1] else len(v)  # ends below the band: never settled

@@ -288,3 +288,19 @@ def test_paired_gains_pair_each_distilled_run_with_its_own_student_alone():
     assert "over `short alone` (not significant)" in text
     with pytest.raises(ValueError, match="not among"):
         paired_gains(pd.DataFrame(rows), [("missing", "small (kd)")])
+
+
+def test_convergence_shows_one_seeds_long_curve_and_keeps_it_out_of_the_tables(tmp_path):
+    """A longer schedule is its own run, left out of the results; at the notebook's own epochs the baseline's curve
+    is used as it is, with nothing trained again."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ctx = ex.setup("01_baseline", profile="smoke", seeds=[0], checkpoint_dir=str(tmp_path), threads=None,
+                   synthetic={"train_size": 128, "val_size": 64, "test_size": 64, "image_size": 32})
+    base = ctx.run("baseline")
+    assert ctx.convergence(ctx.params["epochs"], 0.5) == 1  # one epoch: it is its own plateau
+    assert ctx.extra["convergence"]["val_acc"] == base.histories[0]["val_acc"].tolist()
+    plateau = ctx.convergence(3, 1.0)
+    assert plateau == 1 and len(ctx.extra["convergence"]["val_acc"]) == 3  # within 1.0 of the best: all of it
+    assert list(ctx.results) == ["baseline"]

@@ -130,3 +130,14 @@ def test_fmt_mean_std():
     assert fmt_mean_std(0.91234, 0.0, 1) == "0.9123 (n=1)"
     assert fmt_mean_std(0.5, math.nan, 2) == "0.5000 (n=2)"
     assert fmt_mean_std(0.5, 0.25, 2, digits=2) == "0.50 ± 0.25 (n=2)"
+
+
+def test_plateau_epoch_is_where_the_curve_stays_near_its_best():
+    from kdcore.stats import plateau_epoch
+
+    assert plateau_epoch([0.5, 0.8, 0.9, 0.905, 0.91], 0.01) == 3  # 0.9 is within 0.01 of 0.91, and so is all after
+    assert plateau_epoch([0.5, 0.905, 0.8, 0.905, 0.91], 0.01) == 4  # a later dip below the band restarts it
+    assert plateau_epoch([0.1, 0.2, 0.3], 0.01) == 3  # still climbing: its last epoch
+    assert plateau_epoch([0.5, 0.9, 0.8], 0.05) == 3  # ends below the band around its best: never settled
+    with pytest.raises(ValueError, match="empty"):
+        plateau_epoch([], 0.01)
