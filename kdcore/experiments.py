@@ -75,6 +75,13 @@ def show_code(*objects) -> None:
         display(Code(inspect.getsource(obj), language="python"))
 
 
+YES_NO = {True: "yes", False: "no"}  # a verdict; None (no test) shows as "–"
+
+
+def _fmt_p(p: float) -> str:
+    return "–" if p != p else f"{p:.3f}"
+
+
 def _fmt_ms(value) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
@@ -266,8 +273,8 @@ class Context:
             "distilled acc": table["distilled_test_acc"].map("{:.4f}".format),
             "Δ acc [95 % CI]": [stats.fmt_gain(d, lo, hi) for d, lo, hi in
                                 zip(table["delta"], table["ci_low"], table["ci_high"])],
-            "p (Holm)": table["p_holm"].map(lambda p: "–" if p != p else f"{p:.3f}"),
-            "significant": table["significant"].map(lambda v: {True: "yes", False: "no"}.get(v, "–"))}
+            "p (Holm)": table["p_holm"].map(_fmt_p),
+            "significant": table["significant"].map(lambda v: YES_NO.get(v, "–"))}
         ).set_index("distilled")
 
     def conclusion(self, baseline: str = "baseline"):
@@ -317,7 +324,6 @@ class Context:
         s = summarize_runs(runs, baseline if baseline in self.results else None)
         latency = self.latencies()
         reused = runs.groupby("method", sort=False)["reused"].agg(lambda r: f"{int(r.sum())}/{len(r)}")
-        yes_no = {True: "yes", False: "no"}
         return pd.DataFrame({
             "method": s["method"], "n": s["n"],
             "test acc": [stats.fmt_mean_std(m, sd, n) for m, sd, n in zip(s["test_acc_mean"], s["test_acc_std"], s["n"])],
@@ -325,8 +331,8 @@ class Context:
             "val acc": s["val_acc_mean"].map("{:.4f}".format),
             "Δ acc vs baseline [95 % CI]": [stats.fmt_gain(d, lo, hi) for d, lo, hi in
                                             zip(s["delta_acc"], s["delta_ci_low"], s["delta_ci_high"])],
-            "p (Holm)": s["p_holm"].map(lambda p: "–" if p != p else f"{p:.3f}"),
-            "significant": s["significant"].map(lambda v: yes_no.get(v, "–")),
+            "p (Holm)": s["p_holm"].map(_fmt_p),
+            "significant": s["significant"].map(lambda v: YES_NO.get(v, "–")),
             "params": [f"{self.results[m].efficiency['params']:,}" for m in s["method"]],
             "MB": [f"{self.results[m].efficiency['size_mb']:.3f}" for m in s["method"]],
             "latency ms": [_fmt_ms(latency.get(m, {}).get("latency_ms")) for m in s["method"]],

@@ -102,10 +102,9 @@ def paired_gains(runs: pd.DataFrame, pairs, metric: str = "test_acc", by: str = 
     """One row per (alone, distilled) pair of run labels: both means and the paired gain of `distilled` over its
     own `alone` at the seeds both ran, Holm-adjusted over these pairs. For comparisons the board's single baseline
     cannot make: a smaller student, or a shorter schedule, against itself without the teacher."""
-    rows = []
+    rows, means = [], runs.groupby(by)[metric].mean()
     for alone, distilled in pairs:
         gain = paired_gain(runs, distilled, alone, metric, by)
-        means = runs.groupby(by)[metric].mean()
         rows.append({"alone": alone, "distilled": distilled, "n_pairs": gain["n"], f"alone_{metric}": means[alone],
                      f"distilled_{metric}": means[distilled], "delta": gain["delta"], "ci_low": gain["ci_low"],
                      "ci_high": gain["ci_high"], "p_value": gain["p_value"]})
