@@ -157,6 +157,7 @@ def _close_epoch(m: _Member, train: dict, val_loader: DeviceLoader, data: DataBu
     saved, so a resumed run keeps them."""
     t0 = time.perf_counter()
     seconds = train.pop("step_seconds") + teacher_share
+    train["train_seconds"] = seconds
     improved = close_epoch(m.run, m.distiller, train, val_loader, data, epoch, m.optimizer, m.scheduler, cfg, bf16,
                            seconds=0.0)
     m.run.rows[-1]["seconds"] = seconds + time.perf_counter() - t0

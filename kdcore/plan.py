@@ -6,9 +6,10 @@ is *probed*, timing the real training step on the real data:
 
     seconds ≈ epochs × (steps_per_epoch × step + fixed)
 
-where `step` and `fixed` (validation pass, set-up) come from two one-epoch runs capped at PROBE_STEPS[0] and
-PROBE_STEPS[1] steps, after one untimed run that pays the process's one-time costs (kernel warm-up, the layout and
-precision probes). Probes run once per configuration and serve every seed. The probed model stands in for the
+where `step` comes from the training loops (history's train_seconds, without the validation pass) of two
+one-epoch runs capped at PROBE_STEPS[0] and PROBE_STEPS[1] steps, and `fixed` (validation pass, set-up) is the
+rest of the shorter run's time; both after one untimed run that pays the process's one-time costs (kernel
+warm-up, the layout and precision probes). Probes run once per configuration and serve every seed. The probed model stands in for the
 trained one so the notebook runs to its end; nothing probed is ever stored.
 
 The teacher's forward pass is timed on its own, so the plan also projects the shared pass: runs of one seed,
@@ -43,16 +44,18 @@ def probe_fit(fit, model, data, probe_key: str, **fit_kwargs) -> tuple[dict, obj
     """Time `fit` at two step caps (once per probe_key); returns ({step, fixed, steps_per_epoch}, last FitResult)."""
     result = None
     if probe_key not in _PROBES:
-        times = []
+        times, train_times = [], []
         for steps in (PROBE_STEPS[0], *PROBE_STEPS):  # the first run pays the process's one-time costs: not timed
             t0 = time.perf_counter()
             result = fit(model, data, **{**fit_kwargs, "epochs": 1, "max_steps_per_epoch": steps, "out_dir": None})
             times.append(time.perf_counter() - t0)
-        times = times[1:]
-        step = max(0.0, (times[1] - times[0]) / (PROBE_STEPS[1] - PROBE_STEPS[0]))
+            train_times.append(float(result.history["train_seconds"].iloc[0]))
+        # the step from the training loops alone: a difference of whole fits would carry the validation
+        # pass's timing noise into a few steps' difference
+        step = max(0.0, (train_times[2] - train_times[1]) / (PROBE_STEPS[1] - PROBE_STEPS[0]))
         batches = -(-len(data.train) // fit_kwargs["batch_size"])
         cap = fit_kwargs.get("max_steps_per_epoch")
-        _PROBES[probe_key] = {"step": step, "fixed": max(0.0, times[0] - PROBE_STEPS[0] * step),
+        _PROBES[probe_key] = {"step": step, "fixed": max(0.0, times[1] - PROBE_STEPS[0] * step),
                               "steps_per_epoch": min(batches, cap) if cap else batches}
     if result is None:
         result = fit(model, data, **{**fit_kwargs, "epochs": 1, "max_steps_per_epoch": PROBE_STEPS[0], "out_dir": None})

@@ -245,7 +245,8 @@ def fit(model: nn.Module | Distiller, data: DataBundle, config: TrainConfig | No
         out_dir: str | os.PathLike | None = None, resume: bool = True, **overrides) -> FitResult:
     """Train `model` (a student, or a Distiller holding student + teacher + terms) on `data`.
 
-    Returns the per-epoch history (loss per term, train/val accuracy, val macro-F1, lr, seconds)
+    Returns the per-epoch history (loss per term, train/val accuracy, val macro-F1, lr, seconds, and
+    train_seconds: the epoch's steps without its validation)
     with the best validation checkpoint's weights loaded into the student. With `out_dir`,
     writes best.pt, last.pt (model, optimiser, scheduler, epoch, RNG states, history, config
     key, precision) and history.csv atomically; a rerun with the same arguments resumes from last.pt.
@@ -331,6 +332,7 @@ def _run_epoch(run: RunProgress, distiller: Distiller, data: DataBundle, s: _Run
     train = train_epoch(distiller, s.train_loader, s.optimizer, None if cfg.schedule == "plateau" else s.scheduler,
                         epoch=epoch, steps=s.steps, cache=s.cache, bf16=bf16, progress=cfg.progress and rank == 0,
                         run_steps=cfg.epochs * s.steps)
+    train["train_seconds"] = time.perf_counter() - t0  # the steps alone: what plan.probe_fit times
     if s.cache is not None and s.cache.path is not None:  # every rank: each holds the views of its own shard
         s.cache.persist()
     improved = close_epoch(run, distiller, train, s.val_loader, data, epoch, s.optimizer, s.scheduler, cfg, bf16,

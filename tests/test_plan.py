@@ -39,3 +39,24 @@ def test_plan_of_a_notebook_probes_every_run_and_stores_nothing(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("store/*/*"))  # a probe is never a stored run
     assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["plan.json"]  # no pages published
     assert "to train in" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_the_probe_times_the_steps_without_the_validation_pass(monkeypatch):
+    """A validation pass that takes longer in the shorter run must not move the step: a difference of whole
+    fits would give a negative step here (clipped to 0), the training loops give theirs exactly."""
+    import time
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    validation = iter([0.0, 0.06, 0.0])  # seconds of the warm-up, short and long probe's validation passes
+
+    def fit(model, data, *, max_steps_per_epoch, **kwargs):
+        time.sleep(next(validation))
+        return SimpleNamespace(history=pd.DataFrame([{"train_seconds": 0.001 * max_steps_per_epoch}]))
+
+    monkeypatch.setattr(plan, "_PROBES", {})
+    data = SimpleNamespace(train=[None] * 100)
+    probe, _ = plan.probe_fit(fit, None, data, "key", batch_size=10)
+    assert probe["step"] == pytest.approx(0.001) and probe["steps_per_epoch"] == 10
+    assert probe["fixed"] >= 0.05  # the short run's validation is in the epoch's fixed part
