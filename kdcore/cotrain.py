@@ -65,7 +65,7 @@ def run_calls(nb: str, p: dict) -> list[tuple[str, str, dict]]:
                 [(f"07 kd s{s}", KD, {"seed": s}) for s in seeds] +
                 [(f"07 {st} s{s}", STUDENT, {"seed": s, "st": st}) for st in p["students"] for s in seeds] +
                 [(f"07 {p['small_student']} s{s}", STUDENT, {"seed": s, "st": p["small_student"]}) for s in seeds
-                 if p["small_student"]] +
+                 if p["small_student"] and p["small_student"] not in p["students"]] +
                 [(f"07 {p['small_student']} alone s{s}", SMALL_ALONE, {"seed": s}) for s in seeds if p["small_student"]] +
                 [(f"07 short s{s}", SHORT, {"seed": s}) for s in seeds if p["short_epochs"]] +
                 [("07 convergence", CONVERGENCE, {})] * (p["convergence_epochs"] not in (None, p["epochs"])))
