@@ -13,15 +13,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from kdcore.store import RunStore
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def stored_runs(store: Path) -> dict[tuple[str, int], dict]:
-    runs = {}
-    for f in (store / "runs").glob("*.json"):
-        record = json.loads(f.read_text())
-        runs[record["row"]["method"], record["row"]["seed"]] = record
-    return runs
+    return {(r["row"]["method"], r["row"]["seed"]): r for r in RunStore(store).records("runs")}
 
 
 def compare(methods: list[str], seed: int, plan: dict, runs: dict) -> dict:

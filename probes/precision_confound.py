@@ -13,17 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from kdcore import stats
+from kdcore.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def store_rows(store: Path, prefix: str) -> pd.DataFrame:
-    rows = []
-    for f in sorted((store / "runs").glob(f"{prefix}*.json")):
-        record = json.loads(f.read_text())
-        if record["config"].get("epochs") == 30:  # the notebooks' runs, not 02's 10-epoch sweep
-            rows.append({**record["row"], "cpu": record["cpu"]["model name"], "commit": record["commit"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{**r["row"], "cpu": r["cpu"]["model name"], "commit": r["commit"]}
+                         for r in RunStore(store).records("runs")
+                         if r["key"].startswith(prefix) and r["config"].get("epochs") == 30])  # not 02's 10-epoch sweep
 
 
 def gain(runs: pd.DataFrame, method: str, baseline: str) -> dict:
