@@ -123,6 +123,9 @@ def train_epoch(distiller: Distiller, loader: DeviceLoader, optimizer: torch.opt
             "train_acc": (sums[-2] / sums[-1]).item()}
 
 
+TIMING_COLUMNS = ("seconds", "train_seconds")  # history columns that differ between identical runs
+
+
 @dataclass
 class RunProgress:
     """Where a run stands between epochs: what a checkpoint restores and each epoch updates."""

@@ -6,6 +6,7 @@ from kdcore import create_model, fit, load_dataset, make_distiller
 from kdcore.cache import TeacherLogitCache, clear_shared_caches, shared_cache, storage_dtype
 from kdcore.data import DeviceLoader, apply_views
 from kdcore.errors import CheckpointError
+from kdcore.train import TIMING_COLUMNS
 
 PAD = 2
 
@@ -145,7 +146,7 @@ def test_runs_with_the_same_teacher_share_one_cache(data):
     assert again.teacher_cache["hits"] == dkd.teacher_cache["hits"] == lookups
     assert again.teacher_cache["misses"] == dkd.teacher_cache["misses"] == 0
     assert counter.images == 8  # only dkd's prepare() probe
-    cols = [c for c in first.history.columns if c != "seconds"]
+    cols = [c for c in first.history.columns if c not in TIMING_COLUMNS]
     assert first.history[cols].equals(again.history[cols])
     hidden = _fit(data, "hidden", teacher, True)
     assert hidden.teacher_cache is None and counter.images > 8
@@ -218,7 +219,7 @@ def test_fit_with_a_cache_folder_reuses_the_views_of_an_earlier_process(data, tm
     assert later.teacher_cache["misses"] == 0
     assert later.teacher_cache["hits"] == first.teacher_cache["hits"] + first.teacher_cache["misses"]
     assert counter.images == 0  # (dkd's prepare() probe runs on the other module)
-    cols = [c for c in later.history.columns if c != "seconds"]
+    cols = [c for c in later.history.columns if c not in TIMING_COLUMNS]
     assert later.history[cols].equals(in_process.history[cols])
 
 

@@ -7,6 +7,7 @@ from kdcore import create_model, fit, load_dataset, make_distiller
 from kdcore.cache import clear_shared_caches
 from kdcore.errors import ConfigError
 from kdcore.group import fit_group
+from kdcore.train import TIMING_COLUMNS
 
 METHODS = ["baseline", "kd", "dkd", "at", "fitnet", "kd+at:shifted"]  # fitnet's regressor draws from the RNG
 RUN = dict(epochs=2, batch_size=32, lr=0.05, device="cpu", precision="fp32", deterministic=True,
@@ -45,7 +46,7 @@ def test_co_trained_students_are_bit_identical_to_solo_runs(data, teacher, tmp_p
         a, b = solo.student.state_dict(), together.student.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), method
         assert r_solo.best_epoch == r_group.best_epoch and r_solo.best_val_acc == r_group.best_val_acc
-        drop = ["seconds", "train_seconds"]
+        drop = list(TIMING_COLUMNS)
         assert r_solo.history.drop(columns=drop).equals(r_group.history.drop(columns=drop)), method
         assert (tmp_path / method / "last.pt").exists()
         on_disk = pd.read_csv(tmp_path / method / "history.csv")["seconds"]  # what a resumed run starts from

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kdcore import cli
+from kdcore.train import TIMING_COLUMNS
 
 # `python -m kdcore train`, with a sleep in every training step so an epoch lasts ~1 s and the kill
 # lands inside an epoch (the delay changes timing only, never the numbers).
@@ -75,7 +76,7 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted_run(tmp_path):
 
     for key in ("best_epoch", "best_val_acc", "final_val_acc", "test_acc", "test_f1", "weights_sha1", "epochs_run"):
         assert resumed[key] == ref[key], key
-    h_ref, h_run = (pd.read_csv(d / "history.csv").drop(columns="seconds") for d in (ref_dir, run_dir))
+    h_ref, h_run = (pd.read_csv(d / "history.csv").drop(columns=list(TIMING_COLUMNS)) for d in (ref_dir, run_dir))
     pd.testing.assert_frame_equal(h_run, h_ref, check_exact=True)
     for name, key in (("last.pt", "student"), ("best.pt", "model")):
         a, b = (torch.load(d / name, weights_only=False)[key] for d in (ref_dir, run_dir))
