@@ -9,8 +9,8 @@ is *probed*, timing the real training step on the real data:
 where `step` comes from the training loops (history's train_seconds, without the validation pass) of two
 one-epoch runs capped at PROBE_STEPS[0] and PROBE_STEPS[1] steps, and `fixed` (validation pass, set-up) is the
 rest of the shorter run's time; both after one untimed run that pays the process's one-time costs (kernel
-warm-up, the layout and precision probes). Probes run once per configuration and serve every seed. The probed model stands in for the
-trained one so the notebook runs to its end; nothing probed is ever stored.
+warm-up, the layout and precision probes). Probes run once per configuration and serve every seed. The probed
+model stands in for the trained one so the notebook runs to its end; nothing probed is ever stored.
 
 The teacher's forward pass is timed on its own, so the plan also projects the shared pass: runs of one seed,
 teacher, batch size and schedule form a group that pays the teacher's forward once per batch instead of once
