@@ -85,8 +85,10 @@ def owner(nb: str) -> str:
     return nb if nb in TEACHER else "01_baseline"
 
 
-def co_train(profile: str, notebooks: list[str], params: dict | None = None, log=print) -> int:
-    """Collect the chosen notebooks' unstored runs and co-train them by seed; returns how many trained."""
+def co_train(profile: str, notebooks: list[str], params: dict | None = None, log=print,
+             group_size: int | None = None) -> int:
+    """Collect the chosen notebooks' unstored runs and co-train them by seed, at most `group_size` at once
+    (pending.groups); returns how many trained."""
     provenance.started_commit()  # the runs record the code they start with
     owners: dict[str, ex.Context] = {}
     with pending.collect() as runs:
@@ -104,5 +106,5 @@ def co_train(profile: str, notebooks: list[str], params: dict | None = None, log
                 exec(TEACHER.get(nb, "ctx.teacher()"), namespace)
             for name, code, bindings in run_calls(nb, ctx.params):
                 run_code(code, {**namespace, **bindings}, name)
-        log(f"co-training: {len(runs)} runs to train in {len(pending.groups(runs))} groups")
-        return pending.train(runs, log=log)
+        log(f"co-training: {len(runs)} runs to train in {len(pending.groups(runs, group_size))} groups")
+        return pending.train(runs, log=log, size=group_size)

@@ -67,18 +67,26 @@ def collect():
         _COLLECTED = previous
 
 
-def groups(runs: list[PendingRun]) -> list[list[PendingRun]]:
+def groups(runs: list[PendingRun], size: int | None = None) -> list[list[PendingRun]]:
     """The runs by group key, in order of first appearance; within a group, one teacher module (the first one
-    its members name: modules of equal weights loaded by different notebooks are one teacher)."""
+    its members name: modules of equal weights loaded by different notebooks are one teacher).
+
+    `size` splits a group into consecutive parts of at most that many runs. A part is stored when it ends, so on
+    a slow machine a long group lands piece by piece; its logit methods still pay each view's teacher forward
+    once, since the later parts read the exact logit cache the first one filled."""
+    if size is not None and size < 1:
+        raise ValueError(f"group size must be at least 1, not {size}")
     by_key: dict[str, list[PendingRun]] = {}
     for r in runs:
         by_key.setdefault(r.group_key(), []).append(r)
-    return list(by_key.values())
+    step = size or max(map(len, by_key.values()), default=1)
+    return [members[i:i + step] for members in by_key.values() for i in range(0, len(members), step)]
 
 
-def train(runs: list[PendingRun], log=print) -> int:
-    """Co-train each group and finish every run in it; returns how many runs were trained."""
-    for members in groups(runs):
+def train(runs: list[PendingRun], log=print, size: int | None = None) -> int:
+    """Co-train each group (parts of at most `size` runs, see `groups`) and finish every run in it; returns how
+    many runs were trained."""
+    for members in groups(runs, size):
         distillers = [m.distiller for m in members]
         teachers = {id(d.teacher) for d in distillers if d.needs_teacher}
         if len(teachers) > 1:

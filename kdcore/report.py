@@ -296,14 +296,14 @@ def run_plan(plan: Plan) -> int:
     return 1 if failed else 0
 
 
-def _co_train(plan: Plan, params: list[str]) -> int:
+def _co_train(plan: Plan, params: list[str], group_size: int | None) -> int:
     """kdcore.cotrain before the notebooks: 0 when done, 130 when interrupted (finished runs stay stored, the
     others keep their epochs for the next try), 2 on a configuration error."""
     from . import cotrain
 
     try:
         given = {k: parse_value(v) for k, v in (item.split("=", 1) for item in params)}
-        cotrain.co_train(plan.profile, plan.notebooks, given)
+        cotrain.co_train(plan.profile, plan.notebooks, given, group_size=group_size)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -336,6 +336,9 @@ def build_parser():
     ap.add_argument("--co-train", action=argparse.BooleanOptionalAction, default=None,
                     help="first train the notebooks' runs together by seed, one teacher forward per batch for all of "
                          "them, into the run store (default: the profile's co_train, on for full)")
+    ap.add_argument("--group-size", type=int, default=None, metavar="N",
+                    help="co-train at most N runs at once: each part lands in the run store when it ends, and logit "
+                         "methods reuse the teacher logits earlier parts cached (default: a seed's runs in one group)")
     ap.add_argument("--no-cache", action="store_true",
                     help="train every run again instead of reusing identical finished runs (same as --param cache=false)")
     return ap
@@ -346,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.from_store and args.no_cache:
             raise ConfigError("--from-store reads the run store and --no-cache ignores it: choose one.")
+        if args.group_size is not None and args.group_size < 1:
+            raise ConfigError(f"--group-size {args.group_size}: a group holds at least 1 run; leave it out for whole groups.")
         notebooks = args.notebooks or (published_notebooks(args.out, args.profile) if args.from_store else None)
         plan = make_plan(args.profile, notebooks, args.out, args.show_code,
                          args.param + (["cache=false"] if args.no_cache else []))
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         return run_plan(plan)
     if not args.from_store and (args.co_train if args.co_train is not None else _profiles.co_trains(plan.profile)):
-        status = _co_train(plan, args.param)
+        status = _co_train(plan, args.param, args.group_size)
         if status:
             return status
     previous = os.environ.get("KDCORE_STORE_ONLY")

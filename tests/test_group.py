@@ -90,3 +90,19 @@ def test_co_train_stores_the_notebooks_runs_so_the_notebooks_train_nothing(tmp_p
     ctx.teacher()
     runs = ctx.run("hidden", level_weights=ctx.level_weights, weights={"hidden": ctx.hidden_weight})
     assert runs.runs["reused"].tolist() == [True]
+
+
+def test_groups_split_into_parts_of_at_most_size_runs_in_order():
+    """A part lands in the store when it ends; splitting keeps the order and never mixes seeds."""
+    from kdcore.pending import PendingRun, groups
+
+    def pending(label, seed):
+        return PendingRun(label, label, None, None, {"seed": seed, "epochs": 2}, None, "data", None)
+
+    runs = [pending("a", 0), pending("b", 0), pending("x", 1), pending("c", 0)]
+    labels = lambda parts: [[r.label for r in part] for part in parts]  # noqa: E731
+    assert labels(groups(runs)) == [["a", "b", "c"], ["x"]]
+    assert labels(groups(runs, 2)) == [["a", "b"], ["c"], ["x"]]
+    assert labels(groups(runs, 1)) == [["a"], ["b"], ["c"], ["x"]]
+    with pytest.raises(ValueError, match="at least 1"):
+        groups(runs, 0)

@@ -27,6 +27,11 @@ def test_unknown_profile_lists_valid_names(capsys):
     assert err.startswith("error: Unknown profile 'nope'") and "gpu" in err and "smoke" in err
 
 
+def test_group_size_below_one_is_refused_before_anything_runs(capsys):
+    assert report.main(["--profile", "smoke", "--notebooks", "01", "--group-size", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --group-size 0: a group holds at least 1 run")
+
+
 def test_unknown_param_lists_valid_names(tmp_path):
     with pytest.raises(ConfigError) as info:
         report.make_plan("smoke", ["01"], tmp_path, params=["epochz=3"])
