@@ -40,10 +40,12 @@ def choose_layout(distiller: Distiller, images: torch.Tensor, device: torch.devi
 
 def apply_layout(distiller: Distiller, layout: dict) -> None:
     """NHWC weights make the convs run NHWC, even on NCHW batches. A teacher stays NHWC after the run (its
-    values are unchanged)."""
+    values are unchanged). A run without a teacher (a baseline co-trained beside KD runs, whose first member
+    chose the group's layout) has none to convert."""
     for name, on in layout.items():
-        if on:
-            getattr(distiller, name).to(memory_format=torch.channels_last)
+        module = getattr(distiller, name)
+        if on and module is not None:
+            module.to(memory_format=torch.channels_last)
 
 
 def _all_reduce_gradients(params: list[nn.Parameter], world: int) -> None:

@@ -106,3 +106,14 @@ def test_groups_split_into_parts_of_at_most_size_runs_in_order():
     assert labels(groups(runs, 1)) == [["a"], ["b"], ["c"], ["x"]]
     with pytest.raises(ValueError, match="at least 1"):
         groups(runs, 0)
+
+
+def test_a_baseline_takes_a_layout_chosen_by_a_kd_member(teacher):
+    """A group's layout comes from its first member; a KD run first gives {"teacher": True}, which a baseline
+    beside it (no teacher) must simply skip."""
+    from kdcore.train import apply_layout
+
+    baseline = make_distiller("baseline", create_model("cnn_small", num_classes=10), None)
+    apply_layout(baseline, {"student": True, "teacher": True})
+    assert baseline.teacher is None
+    assert next(baseline.student.parameters()).is_contiguous(memory_format=torch.channels_last)
