@@ -87,8 +87,22 @@ def teacher_forward_seconds(teacher: torch.nn.Module, data, batch_size: int, bat
     return sorted(times)[len(times) // 2]
 
 
+def unique(entries: list[dict]) -> list[dict]:
+    """Each teacher and run once, at its first mention: a notebook that asks for a run twice (07's small student is
+    also one of its students) or several notebooks that share one (01's baseline in 02-05) train it once. Runs
+    without a key (a term the store cannot name) are all kept."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for e in entries:
+        if e.get("key") is None or (e["kind"], e["key"]) not in seen:
+            kept.append(e)
+        seen.add((e["kind"], e.get("key")))
+    return kept
+
+
 def summarize(entries: list[dict]) -> dict:
     """Totals of a plan: seed-style (every run pays its teacher forward) and with one shared pass per group."""
+    entries = unique(entries)
     runs = [e for e in entries if e["kind"] == "run"]
     teachers = [e for e in entries if e["kind"] == "teacher"]
     todo = [e for e in runs if not e["stored"]]

@@ -261,6 +261,7 @@ def run_plan(plan: Plan) -> int:
     from .provenance import git_commit
     from .runtime import cpu_features, resolve_precision
 
+    plan.out.mkdir(parents=True, exist_ok=True)
     stage_root = Path(tempfile.mkdtemp(prefix=f".{plan.profile}.plan-", dir=plan.out))
     entries, failed = [], []
     try:
@@ -280,6 +281,7 @@ def run_plan(plan: Plan) -> int:
     finally:
         os.environ.pop(cost.PLAN_ENV, None)
         shutil.rmtree(stage_root, ignore_errors=True)
+    entries = cost.unique(entries)
     totals = cost.summarize(entries)
     out = {"profile": plan.profile, "notebooks": plan.notebooks, "cpu": cpu_features(),
            "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",

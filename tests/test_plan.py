@@ -25,19 +25,30 @@ def test_projection_and_the_shared_pass_add_up():
     assert (totals["runs"], totals["stored"], totals["to_train"], totals["groups"]) == (5, 1, 4, 2)
 
 
+def test_a_run_asked_for_twice_is_planned_once():
+    """07 asks for its small student among its students and again on its own; 02-05 each load 01's baseline."""
+    run = lambda key, seconds: {"kind": "run", "label": "kd", "key": key, "stored": False, "group": "g",  # noqa: E731
+                                "seconds": seconds, "steps": 10, "teacher_forward_s": None}
+    entries = [run("a", 10.0), run("b", 20.0), run("a", 10.0), run(None, 5.0), run(None, 5.0),
+               {"kind": "teacher", "label": "t", "key": "a", "stored": False, "seconds": 3.0}]
+    assert [e["seconds"] for e in plan.unique(entries)] == [10.0, 20.0, 5.0, 5.0, 3.0]
+    totals = plan.summarize(entries)
+    assert (totals["runs"], totals["to_train"], totals["seed_style_seconds"]) == (4, 4, 43.0)
+
+
 def test_plan_of_a_notebook_probes_every_run_and_stores_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kdcore", "report", "--profile", "smoke", "--plan", "--notebooks",
-                           "02", "--out", str(tmp_path), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
+                           "02", "--out", str(tmp_path / "new"), "--param", f"checkpoint_dir={tmp_path / 'checkpoints'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads((tmp_path / "smoke" / "plan.json").read_text())
+    out = json.loads((tmp_path / "new" / "smoke" / "plan.json").read_text())  # --out is created
     runs = [e for e in out["entries"] if e["kind"] == "run"]
     assert runs and not any(e["stored"] for e in runs) and all(e["seconds"] > 0 for e in runs)
     assert {e["label"] for e in runs} >= {"baseline", "kd"} and {e["seed"] for e in runs} == {0, 1}
     assert [e["kind"] for e in out["entries"]].count("teacher") >= 1 and out["cpu"]["model name"]
     assert out["totals"]["shared_pass_seconds"] <= out["totals"]["seed_style_seconds"]
     assert not list((tmp_path / "checkpoints").glob("store/*/*"))  # a probe is never a stored run
-    assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == ["plan.json"]  # no pages published
+    assert sorted(p.name for p in (tmp_path / "new" / "smoke").iterdir()) == ["plan.json"]  # no pages published
     assert "to train in" in proc.stdout and "wrote" in proc.stdout
 
 
