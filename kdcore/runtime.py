@@ -36,15 +36,20 @@ def resolve_device(device: str = "auto") -> torch.device:
 @functools.lru_cache(maxsize=None)
 def cpu_features() -> dict:
     """Whether bf16 can pay on this CPU, for results files: AMX tiles (the matrix units behind bf16's
-    2-3.6x gains on the CIFAR rows, docs/performance.md), AVX512-BF16 (bf16 dot products only) and the model name."""
-    name = platform.processor()
+    2-3.6x gains on the CIFAR rows, docs/performance.md), AVX512-BF16 (bf16 dot products only), the model name,
+    and the family and model numbers, which tell CPU generations apart where a virtual machine names them all
+    "AMD EPYC" (family 25 is Zen 3/4, 26 is Zen 5, and they train at different speeds)."""
+    info = {"model name": platform.processor(), "cpu family": None, "model": None}
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+        first_core = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        first_core = ""
+    for field, _, value in (line.partition(":") for line in first_core.splitlines()):
+        if field.strip() in info:
+            info[field.strip()] = value.strip()
     has = lambda f: bool(getattr(torch.cpu, f, lambda: False)())  # noqa: E731  (private, absent in older torch)
-    return {"model name": name, "amx": has("_is_amx_tile_supported"), "avx512_bf16": has("_is_avx512_bf16_supported")}
+    return {"model name": info["model name"], "family": info["cpu family"], "model": info["model"],
+            "amx": has("_is_amx_tile_supported"), "avx512_bf16": has("_is_avx512_bf16_supported")}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +111,9 @@ def test_fit_trains_in_and_records_the_precision_auto_chose(data, monkeypatch, a
 
 def test_cpu_features_names_what_decides_bf16():
     f = cpu_features()
-    assert set(f) == {"model name", "amx", "avx512_bf16"} and isinstance(f["amx"], bool)
+    assert set(f) == {"model name", "family", "model", "amx", "avx512_bf16"} and isinstance(f["amx"], bool)
+    if Path("/proc/cpuinfo").exists() and "cpu family" in Path("/proc/cpuinfo").read_text():
+        assert f["family"].isdigit() and f["model"].isdigit()  # the generation, where the name is generic
 
 
 def test_channels_last_only_for_convs_at_least_16_wide():
